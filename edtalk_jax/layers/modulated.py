@@ -1,0 +1,127 @@
+"""Style-modulated layers of the EDTalk decoder: ModulatedConv2d, StyledConv, ToRGB,
+ToFlow (with the grid-sample warp), ConstantInput and NoiseInjection (NHWC)."""
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from edtalk_jax.layers.equalized import EqualLinear, FusedLeakyReLU, conv2d, normal_init
+from edtalk_jax.layers.conv import ConvLayer
+from edtalk_jax.layers.upfirdn import blur, upsample
+from edtalk_jax.layers.warp import base_grid, grid_sample
+
+Dtype = Any
+
+
+class ModulatedConv2d(nn.Module):
+    """StyleGAN2 modulated conv. Per sample b: w = W / sqrt(in*k*k) * s[b] over the input
+    channels, demodulated by rsqrt(sum w^2 + 1e-8) per output channel.
+
+    Computed in the non-fused form (modulate the input, one shared conv, demodulate the
+    output), which equals the official grouped conv exactly in real arithmetic and batches
+    well on accelerators. The upsampling path is the official stride-2 transposed conv
+    (size 2H+1) followed by a 4x4 blur (kernel x4, pad (1, 1)).
+    """
+    features: int
+    kernel_size: int
+    demodulate: bool = True
+    upsample: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, style):
+        cin, k = x.shape[-1], self.kernel_size
+        w = self.param("weight", normal_init(), (k, k, cin, self.features), self.param_dtype)
+        s = EqualLinear(cin, bias_init=1.0, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="modulation")(style)  # (B, in)
+        w = w.astype(self.dtype) * (1.0 / math.sqrt(cin * k * k))
+        x = x.astype(self.dtype) * s[:, None, None, :]
+        if self.upsample:
+            # conv_transpose2d(stride 2, pad 0) == dilated-input conv with the flipped kernel.
+            x = conv2d(x, jnp.flip(w, (0, 1)), padding=k - 1, lhs_dilation=2)
+        else:
+            x = conv2d(x, w, padding=k // 2)
+        if self.demodulate:
+            sq = jnp.sum(jnp.square(w), axis=(0, 1))  # (in, out)
+            d = jax.lax.rsqrt(jnp.dot(jnp.square(s), sq) + 1e-8)  # (B, out)
+            x = x * d[:, None, None, :]
+        if self.upsample:
+            x = blur(x, (1, 1), upsample_factor=2)
+        return x
+
+
+class StyledConv(nn.Module):
+    """ModulatedConv2d -> NoiseInjection (identity: noise is never given) -> FusedLeakyReLU."""
+    features: int
+    kernel_size: int
+    upsample: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, style):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = ModulatedConv2d(self.features, self.kernel_size, upsample=self.upsample,
+                            name="conv", **kw)(x, style)
+        if self.is_initializing():
+            # The official NoiseInjection weight: kept (not trained, not computed) so that
+            # exports reproduce the official state_dict.
+            self.variable("unused", "noise_weight", lambda: jnp.zeros((1,), self.param_dtype))
+        return FusedLeakyReLU(name="activate", **kw)(x)
+
+
+class ToRGB(nn.Module):
+    """ConvLayer(in, 3, 1) (EqualConv without bias + FusedLeakyReLU), + bias, + upsampled skip."""
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, skip=None):
+        out = ConvLayer(3, 1, dtype=self.dtype, param_dtype=self.param_dtype, name="conv")(x)
+        out = out + self.param("bias", nn.initializers.zeros, (3,), self.param_dtype).astype(self.dtype)
+        if skip is not None:
+            out = out + upsample(skip.astype(self.dtype))
+        return out
+
+
+class ToFlow(nn.Module):
+    """Predicts a flow + mask from the decoder features and warps the source feature.
+
+    logits = ModConv1x1(out, style) + bias (+ upsampled previous logits); flow =
+    tanh(logits[..., :2]) + linspace grid; mask = sigmoid(logits[..., 2]);
+    feat_warp = grid_sample(feat, flow) * mask; blended = feat_warp + out * (1 - mask).
+    Returns (feat_warp, blended, logits, flow, mask).
+    """
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, out, style, feat, skip: Optional[jnp.ndarray] = None):
+        logits = ModulatedConv2d(3, 1, demodulate=False, dtype=self.dtype,
+                                 param_dtype=self.param_dtype, name="conv")(out, style)
+        logits = logits + self.param("bias", nn.initializers.zeros, (3,), self.param_dtype).astype(self.dtype)
+        if skip is not None:
+            logits = logits + upsample(skip.astype(self.dtype))
+        res = out.shape[1]
+        flow = jnp.tanh(logits[..., 0:2]) + base_grid(res, logits.dtype)
+        mask = jax.nn.sigmoid(logits[..., 2:3])
+        feat_warp = grid_sample(feat.astype(self.dtype), flow) * mask
+        blended = feat_warp + out.astype(self.dtype) * (1 - mask)
+        return feat_warp, blended, logits, flow, mask
+
+
+class ConstantInput(nn.Module):
+    """A learned (1, size, size, C) tensor repeated over the batch."""
+    channels: int
+    size: int = 4
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, batch: int):
+        x = self.param("input", normal_init(), (1, self.size, self.size, self.channels), self.param_dtype)
+        return jnp.broadcast_to(x.astype(self.dtype), (batch,) + x.shape[1:])

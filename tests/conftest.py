@@ -1,0 +1,31 @@
+"""Shared test fixtures.
+
+Tests read reference data from ../shared (parity fixtures, sample media). When it is
+missing the tests FAIL rather than skip: CI must never go green without the golden data.
+"""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("EDTALK_SHARED", REPO.parent / "shared"))
+
+
+def _require(path: pathlib.Path) -> pathlib.Path:
+    if not path.exists():
+        pytest.fail(f"reference data missing: {path} (set EDTALK_SHARED to the shared/ folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> pathlib.Path:
+    """../shared/fixtures/parity: official-layout checkpoints and golden outputs."""
+    return _require(SHARED / "fixtures" / "parity")
+
+
+@pytest.fixture(scope="session")
+def samples_dir() -> pathlib.Path:
+    """../shared/data/edtalk_samples: real sample media (Apache-2.0)."""
+    return _require(SHARED / "data" / "edtalk_samples")
