@@ -29,3 +29,14 @@ def parity_dir() -> pathlib.Path:
 def samples_dir() -> pathlib.Path:
     """../shared/data/edtalk_samples: real sample media (Apache-2.0)."""
     return _require(SHARED / "data" / "edtalk_samples")
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch, for tests that write .pt files the way users' tools do. It is part of the
+    README's test install (`pip install torch==2.13.0 ...`); missing torch fails these tests."""
+    try:
+        import torch as _torch
+    except ImportError:
+        pytest.fail("this test needs torch: pip install 'edtalk-jax[torch]' (here: pip install torch==2.13.0)")
+    return _torch
