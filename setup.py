@@ -9,6 +9,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint>=0.11",
     "ml-collections>=1.0",
     "numpy>=1.26",
+    "ml_dtypes",  # bfloat16 tensors in .pt files (torch_io)
+    "scipy",
     "absl-py",
     "tqdm",
 ]
