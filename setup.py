@@ -44,6 +44,7 @@ setuptools.setup(
     "data pipeline and training.",
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["edtalk_jax*", "data_pipeline*", "launch*", "configs*"]),
+    package_data={"edtalk_jax": ["assets/*.json"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     license="Apache-2.0",

@@ -14,6 +14,9 @@ The source is encoded once (`encode_source`) and reused for every frame, unlike 
 official demos, which re-encode it per frame (same numbers, 2-4x less work).
 """
 
+import functools
+import json
+import pathlib
 from typing import Any, Dict, Optional
 
 import jax
@@ -67,3 +70,15 @@ def smooth_coefficients(alpha, kernel: Optional[np.ndarray] = None):
     x = jnp.pad(alpha, [(0, 0)] * (alpha.ndim - 2) + [(pad, pad), (0, 0)])
     t = alpha.shape[-2]
     return sum(k[i] * x[..., i:i + t, :] for i in range(k.shape[0]))
+
+
+@functools.lru_cache(maxsize=1)
+def _predefined():
+    path = pathlib.Path(__file__).parent / "assets" / "predefined_exp_weights.json"
+    return json.loads(path.read_text())["weights"]
+
+
+def predefined_emotions() -> Dict[str, np.ndarray]:
+    """The 8 official predefined expression coefficients (angry, contempt, disgusted, fear,
+    happy, neutral, sad, surprised), each (10,) float32, for `exp_alpha`."""
+    return {k: np.asarray(v, np.float32) for k, v in _predefined().items()}
