@@ -31,6 +31,7 @@ EXTRAS = {
         "face-recognition-models>=0.3",  # ships the dlib 68-point predictor offline.
         "apache-beam>=2.60",  # distributed preprocessing through the TFDS builders.
         "pillow",
+        "msgpack",  # the clip record encoding (no pickle in shards)
     ],
     # Writing official-layout .pt files (export). Reading .pt never needs torch.
     "torch": ["torch>=2.1"],

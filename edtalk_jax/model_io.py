@@ -45,3 +45,14 @@ def _to_numpy(tree):
     if isinstance(tree, dict):
         return {k: _to_numpy(v) for k, v in tree.items()}
     return np.asarray(tree)
+
+
+def load_any(path: str, kind=None) -> Tuple[str, Dict[str, Any], Dict[str, Any]]:
+    """An official .pt (read without torch) or a directory written by launch.convert."""
+    if os.path.isdir(path):
+        found, cfg, variables = load_model(path)
+        if kind and found != kind:
+            raise ValueError(f"{path}: holds a {found}, expected a {kind}")
+        return found, cfg, variables
+    from edtalk_jax import convert_torch
+    return convert_torch.load_official(path, kind)

@@ -1,0 +1,38 @@
+"""EDTalk data pipeline: clip records, shards, audio front end, preprocessing, loaders.
+
+Importing the package is cheap: submodules load their dependencies (array_record,
+grain, librosa, OpenCV) only when imported, so `import data_pipeline.audio` does not
+pull in the shard reader.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+
+def num_clips(shards_dir: str | os.PathLike) -> int:
+    """Number of clips indexed in `shards_dir/manifest.json`."""
+    return len(_store(*_key(shards_dir)))
+
+
+def read_clip(shards_dir: str | os.PathLike, index: int) -> dict:
+    """Clip `index` (global manifest order) fully decoded: frames uint8 (T, H, W, 3) RGB,
+    mel_windows (T, 80, 16), landmarks (T, 68, 2) in crop pixels, landmark_valid, audio,
+    factors and meta (data_pipeline.schema)."""
+    return _store(*_key(shards_dir)).clip(index)
+
+
+def _key(shards_dir) -> tuple[str, float]:
+    # The manifest's mtime is part of the key: a rebuilt manifest gets a fresh store.
+    path = os.path.abspath(os.fspath(shards_dir))
+    manifest = os.path.join(path, "manifest.json")
+    return path, os.path.getmtime(manifest) if os.path.exists(manifest) else -1.0
+
+
+@functools.lru_cache(maxsize=4)
+def _store(path: str, mtime: float):
+    from data_pipeline import shards
+
+    del mtime  # only part of the cache key
+    return shards.ClipStore(path)

@@ -1,0 +1,276 @@
+"""Shard format: records, JPEG, atomic writer, manifest, splits, ClipStore under grain."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import grain
+import msgpack
+import numpy as np
+import pytest
+from absl import flags
+from array_record.python.array_record_module import ArrayRecordWriter
+
+import data_pipeline
+from data_pipeline import schema, shards
+
+
+def make_clip(dataset="synthetic", speaker="S000", clip_id="c0", emotion="neutral", level=1,
+              t=3, size=32, num_factors=2, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    frames = []
+    for i in range(t):  # smooth images: JPEG error stays small
+        img = np.stack([xx * 4 + i * 10, yy * 4, (xx + yy) * 2 + 40], -1) % 256
+        frames.append(shards.encode_jpeg(img.astype(np.uint8)))
+    return {
+        "frames": frames,
+        "mel_windows": rng.standard_normal((t, 80, 16)).astype(np.float32),
+        "landmarks": (rng.random((t, 68, 2)) * size).astype(np.float32),
+        "landmark_valid": rng.random(t) > 0.3,
+        "audio": rng.integers(-32768, 32767, t * 640).astype(np.int16),
+        "factors": rng.standard_normal((t, num_factors)).astype(np.float32),
+        "meta": schema.make_meta(dataset=dataset, speaker=speaker, clip_id=clip_id,
+                                 emotion=emotion, level=level, fps=25, source=f"test:{seed}",
+                                 num_frames=t, size=size,
+                                 factor_names=",".join(f"f{k}" for k in range(num_factors))),
+    }
+
+
+def write_shard(path, clips):
+    with shards.ShardWriter(path) as w:
+        for c in clips:
+            w.write(c)
+    return w.count
+
+
+def test_jpeg_round_trip():
+    rgb = np.zeros((40, 48, 3), np.uint8)
+    rgb[..., 0] = 200  # pure red: a BGR/RGB swap would show up as blue
+    rgb[10:30, 10:30] = (20, 160, 60)
+    out = shards.decode_jpeg(shards.encode_jpeg(rgb, quality=95))
+    assert out.dtype == np.uint8 and out.shape == rgb.shape
+    assert np.abs(out.astype(int) - rgb).mean() < 4  # hard edges + 4:2:0 chroma
+    assert np.abs(out[15:25, 15:25].astype(int) - (20, 160, 60)).max() <= 6
+    assert np.abs(out[:5, 35:].astype(int) - (200, 0, 0)).max() <= 6
+    with pytest.raises(ValueError, match="not a decodable JPEG"):
+        shards.decode_jpeg(b"\xff\xd8garbage")
+
+
+def test_record_round_trip():
+    clip = make_clip(t=4, num_factors=3)
+    data = shards.encode_clip(clip)
+    rec = shards.decode_clip(data, decode_frames=False)
+    assert rec["frames"] == clip["frames"] and rec["meta"] == clip["meta"]
+    for name in ("mel_windows", "landmarks", "landmark_valid", "audio", "factors"):
+        assert rec[name].dtype == clip[name].dtype and rec[name].shape == clip[name].shape
+        np.testing.assert_array_equal(rec[name], clip[name])
+    full = shards.decode_clip(data)
+    assert full["frames"].shape == (4, 32, 32, 3) and full["frames"].dtype == np.uint8
+    expected = shards.decode_jpegs(clip["frames"])
+    np.testing.assert_array_equal(full["frames"], expected)
+    assert shards.read_meta(data) == clip["meta"]
+    assert shards.decode_clip(shards.encode_clip(make_clip(num_factors=0)))["factors"].shape == (3, 0)
+
+
+def test_encode_validates():
+    clip = make_clip()
+    clip["landmarks"] = clip["landmarks"].astype(np.float64)
+    with pytest.raises(schema.ClipError, match="landmarks"):
+        shards.encode_clip(clip)
+
+
+def test_decode_rejects_bad_records():
+    data = shards.encode_clip(make_clip())
+    with pytest.raises(shards.ShardError, match=r"x\.array_record\[3\]: corrupt record"):
+        shards.decode_clip(data[: len(data) // 2], where="x.array_record[3]")
+    record = msgpack.unpackb(data)
+    record["arrays"]["audio"][0] = "|O"  # an object dtype must never be built
+    with pytest.raises(shards.ShardError, match="not numeric"):
+        shards.decode_clip(msgpack.packb(record))
+    record = msgpack.unpackb(data)
+    record["version"] = 99
+    with pytest.raises(shards.ShardError, match="version 99"):
+        shards.decode_clip(msgpack.packb(record))
+    record = msgpack.unpackb(data)
+    record["arrays"]["landmarks"][1] = [3, 68, 3]
+    with pytest.raises(shards.ShardError, match="landmarks"):
+        shards.decode_clip(msgpack.packb(record))
+
+
+def test_writer_is_atomic(tmp_path):
+    path = str(tmp_path / "a" / "s.array_record")
+    with pytest.raises(RuntimeError, match="boom"):
+        with shards.ShardWriter(path) as w:
+            w.write(make_clip())
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path / "a") == []
+    assert write_shard(path, [make_clip(clip_id="a"), make_clip(clip_id="b")]) == 2
+    assert sorted(os.listdir(tmp_path / "a")) == ["s.array_record", "s.array_record.meta.json"]
+
+
+@pytest.fixture()
+def shard_dir(tmp_path):
+    """Two datasets in three shards, in nested folders."""
+    mead = [make_clip("mead", spk, f"{spk}#{emo}#level_{lvl}#001", emo, lvl, seed=k)
+            for k, (spk, emo, lvl) in enumerate([("M003", "neutral", 1), ("M005", "happy", 2),
+                                                  ("M005", "sad", 3), ("W015", "angry", 1)])]
+    synth = [make_clip("synthetic", f"S{s:03d}", f"S{s:03d}#{c}", "neutral", 1, t=2, seed=10 + s)
+             for s in range(8) for c in range(2)]
+    write_shard(tmp_path / "mead" / "b.array_record", mead[2:])
+    write_shard(tmp_path / "mead" / "a.array_record", mead[:2])
+    write_shard(tmp_path / "synthetic.array_record", synth)
+    return tmp_path, mead, synth
+
+
+def test_manifest(shard_dir):
+    root, mead, synth = shard_dir
+    os.remove(root / "mead" / "b.array_record.meta.json")  # these two force reading the records
+    (root / "mead" / "a.array_record.meta.json").write_text("{not json")
+    m = shards.write_manifest(root)
+    assert json.loads((root / "manifest.json").read_text()) == m
+    assert [s["path"] for s in m["shards"]] == ["mead/a.array_record", "mead/b.array_record",
+                                               "synthetic.array_record"]
+    assert [s["num_records"] for s in m["shards"]] == [2, 2, 16] and m["num_clips"] == 20
+    expected = [c["meta"] for c in mead + synth]
+    assert [{k: c[k] for k in schema.META_FIELDS} for c in m["clips"]] == expected
+    assert (m["clips"][3]["shard"], m["clips"][3]["record"]) == (1, 1)
+
+
+def test_manifest_rejects_duplicates_and_missing(tmp_path):
+    with pytest.raises(shards.ShardError, match="no \\*.array_record"):
+        shards.write_manifest(tmp_path)
+    write_shard(tmp_path / "a.array_record", [make_clip(clip_id="x")])
+    write_shard(tmp_path / "b.array_record", [make_clip(clip_id="x")])
+    with pytest.raises(shards.ShardError, match="synthetic/x"):
+        shards.write_manifest(tmp_path)
+
+
+def test_splits(shard_dir):
+    root, _, synth = shard_dir
+    shards.write_manifest(root)
+    splits = shards.write_splits(root)
+    assert json.loads((root / "splits" / "test.json").read_text()) == splits["test"]
+    test = set(splits["test"])
+    assert test.isdisjoint(splits["train"]) and len(test) + len(splits["train"]) == 20
+    assert {"mead/M003#neutral#level_1#001", "mead/W015#angry#level_1#001"} <= test
+    assert not any(k.startswith("mead/M005") for k in test)
+    held = {k.split("/")[1].split("#")[0] for k in test if k.startswith("synthetic/")}
+    assert held == shards.hash_held_out({f"S{s:03d}" for s in range(8)}, 0.125, "synthetic/")
+    assert len(held) == 1  # a speaker is never split across train and test
+    assert shards.write_splits(root, other="train")["test"] == [
+        "mead/M003#neutral#level_1#001", "mead/W015#angry#level_1#001"]
+    only = shards.write_splits(root, mead_test_speakers=(), other="test")["test"]
+    assert len(only) == 16 and all(k.startswith("synthetic/") for k in only)
+
+
+def test_hash_held_out_is_stable():
+    speakers = [f"v{i}" for i in range(50)]
+    held = shards.hash_held_out(speakers, 0.2)
+    assert len(held) == 10 and held == shards.hash_held_out(reversed(speakers), 0.2)
+    assert len(shards.hash_held_out(["a", "b"], 0.01)) == 1
+    assert len(shards.hash_held_out(["a", "b"], 0.99)) == 1
+    assert shards.hash_held_out(["a"], 0.5) == set()
+
+
+def test_clip_store(shard_dir):
+    root, mead, synth = shard_dir
+    with pytest.raises(FileNotFoundError, match="python -m data_pipeline.shards"):
+        shards.ClipStore(root)
+    shards.main([str(root)])
+    store = shards.ClipStore(root)
+    assert len(store) == 20 == data_pipeline.num_clips(root)
+    rec = store.record(5)
+    assert rec["frames"] == synth[1]["frames"] and store.meta(5) == synth[1]["meta"]
+    np.testing.assert_array_equal(rec["mel_windows"], synth[1]["mel_windows"])
+    full = data_pipeline.read_clip(root, 2)
+    assert full["frames"].shape == (3, 32, 32, 3) and full["meta"] == mead[2]["meta"]
+    np.testing.assert_array_equal(full["landmarks"], mead[2]["landmarks"])
+    by_speaker = store.indices_by("speaker")
+    assert by_speaker["M005"] == [1, 2] and len(by_speaker) == 11
+    test = shards.ClipStore(root, split="test")
+    keys = json.loads((root / "splits" / "test.json").read_text())
+    assert [shards.clip_key(test.meta(i)) for i in range(len(test))] == keys
+    assert shards.clip_key(test.record(0)["meta"]) == keys[0]
+    clone = pickle.loads(pickle.dumps(store))  # readers are reopened lazily
+    assert clone.record(7)["meta"] == store.meta(7)
+
+
+def _speaker(record):
+    return record["meta"]["speaker"]
+
+
+class _SpeakerAndPid(grain.transforms.Map):
+    def map(self, record):
+        return _speaker(record), os.getpid()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_clip_store_in_grain(shard_dir, workers):
+    root, mead, synth = shard_dir
+    shards.main([str(root)])
+    flags.FLAGS.mark_as_parsed()
+    store = shards.ClipStore(root)
+    ds = grain.MapDataset.source(store).map(_speaker)
+    assert list(ds) == [c["meta"]["speaker"] for c in mead + synth]
+    loader = grain.DataLoader(
+        data_source=store, operations=[_SpeakerAndPid()],
+        sampler=grain.samplers.IndexSampler(len(store), num_epochs=1, shuffle=False, seed=0),
+        worker_count=workers)
+    speakers, pids = zip(*loader)
+    assert list(speakers) == [c["meta"]["speaker"] for c in mead + synth]
+    assert (os.getpid() in pids) == (workers == 0)  # workers > 0: records read in workers
+
+
+def test_corrupt_and_truncated_shards(shard_dir):
+    root, _, _ = shard_dir
+    shards.main([str(root)])
+    path = root / "synthetic.array_record"
+    data = bytearray(path.read_bytes())
+    store = shards.ClipStore(root)
+    path.write_bytes(data[: len(data) - 100])  # truncated: the footer is gone
+    with pytest.raises(shards.ShardError, match=r"synthetic\.array_record: not a complete"):
+        store.record(4)
+    with pytest.raises(shards.ShardError, match=r"synthetic\.array_record: not a complete"):
+        shards.write_manifest(root)
+    # Damage the payload of the first synthetic record: the chunk hash catches it.
+    start = data.find(b"S000#0")
+    data[start: start + 6] = b"XXXXXX"
+    path.write_bytes(data)
+    with pytest.raises(shards.ShardError, match=r"synthetic\.array_record\[0\]: cannot read"):
+        shards.ClipStore(root).record(4)
+    os.remove(path)
+    with pytest.raises(shards.ShardError, match="shard file not found"):
+        shards.ClipStore(root).record(4)
+
+
+def test_bad_record_names_file_and_index(tmp_path):
+    record = msgpack.unpackb(shards.encode_clip(make_clip(clip_id="bad")))
+    record["frames"][1] = b"\xff\xd8 not really a jpeg"
+    writer = ArrayRecordWriter(str(tmp_path / "x.array_record"), shards.WRITER_OPTIONS)
+    writer.write(shards.encode_clip(make_clip(clip_id="good")))
+    writer.write(msgpack.packb(record))
+    writer.close()
+    shards.write_manifest(tmp_path)  # no sidecar: the metas are read from the records
+    store = shards.ClipStore(tmp_path)
+    assert store.record(1)["meta"]["clip_id"] == "bad"  # frames stay undecoded
+    with pytest.raises(shards.ShardError, match=r"x\.array_record\[1\]: frame 1: not a decodable"):
+        store.clip(1)
+    writer = ArrayRecordWriter(str(tmp_path / "y.array_record"), shards.WRITER_OPTIONS)
+    writer.write(b"\x93 not msgpack at all")
+    writer.close()
+    with pytest.raises(shards.ShardError, match=r"y\.array_record\[0\]: corrupt record"):
+        shards.write_manifest(tmp_path)
+    with pytest.raises(shards.ShardError, match=r"z\.array_record\[0\]: corrupt record"):
+        with shards.ShardWriter(tmp_path / "z.array_record") as w:
+            w.write_encoded(b"\x93 not msgpack at all")
+    assert not os.path.exists(tmp_path / "z.array_record.tmp")
+
+
+def test_package_import_is_light():
+    code = ("import sys, data_pipeline, data_pipeline.audio; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('array_record', 'grain')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
