@@ -50,8 +50,8 @@ def _render(fn, source, drivers: Dict[str, np.ndarray], chunk: int):
 
 
 def run_demo(config, workdir: str, checkpoint: Optional[str] = None, audio2lip: Optional[str] = None,
-             chunk: int = 16, progress: bool = True) -> Dict[str, Any]:
-    from data_pipeline import audio, shards, synthetic
+             chunk: int = 16, max_frames: int = 50, progress: bool = True) -> Dict[str, Any]:
+    from data_pipeline import audio, schema, shards, synthetic
     from data_pipeline.video_io import write_video
 
     m = config.model
@@ -71,6 +71,9 @@ def run_demo(config, workdir: str, checkpoint: Optional[str] = None, audio2lip: 
     a2l, a2l_vars, a2l_source = _model("audio2lip", {"lip_dim": model.lip_dim}, audio2lip, config.seed, dtype)
     source_img = shards.ClipStore(data_dir, "train").clip(0)["frames"][:1]
     drive_clip = shards.ClipStore(data_dir, "test").clip(0)
+    t = min(max_frames, len(drive_clip["frames"]))
+    drive_clip.update(frames=drive_clip["frames"][:t], mel_windows=drive_clip["mel_windows"][:t],
+                      audio=drive_clip["audio"][:t * schema.SAMPLES_PER_FRAME])
     frames = drive_clip["frames"].astype(np.float32) / 127.5 - 1
 
     encode = jax.jit(lambda v, x: inference.encode_source(model, v, x))

@@ -2,7 +2,7 @@
 synthetic dataset, optionally with the official checkpoints.
 
   python -m launch.demo --workdir workdir [--config configs/base.py:tiny]
-      [--checkpoint EDTalk.pt] [--audio2lip Audio2Lip.pt]
+      [--checkpoint EDTalk.pt] [--audio2lip Audio2Lip.pt] [--max_frames 50]
 
 Writes workdir/data (synthetic shards), workdir/demo/*.mp4, contact_sheet.png, report.json.
 """
@@ -15,13 +15,14 @@ flags.DEFINE_string("workdir", "workdir", "output directory")
 flags.DEFINE_string("checkpoint", None, "EDTalk.pt / EDTalk_lip_pose.pt or a launch.convert directory")
 flags.DEFINE_string("audio2lip", None, "Audio2Lip.pt or a launch.convert directory")
 flags.DEFINE_integer("chunk", 16, "frames rendered per jitted call")
+flags.DEFINE_integer("max_frames", 50, "frames rendered per mode (the driving clip is cut)")
 
 
 def main(argv):
     del argv
     from edtalk_jax.demo import run_demo
     f = flags.FLAGS
-    run_demo(f.config, f.workdir, f.checkpoint, f.audio2lip, f.chunk)
+    run_demo(f.config, f.workdir, f.checkpoint, f.audio2lip, f.chunk, f.max_frames)
 
 
 if __name__ == "__main__":

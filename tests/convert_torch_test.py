@@ -122,7 +122,8 @@ def test_vgg19_from_a_torchvision_layout(torch):
             h = layer(h)
             if i in (1, 6, 11, 20, 29):
                 ref.append(h.numpy())
-    out = build_model("vgg19", cfg).apply(variables, np.transpose(x, (0, 2, 3, 1)))[0]  # scale 1
+    from edtalk_jax.models.vgg import PerceptualNetwork
+    out = PerceptualNetwork(scales=(1.0,)).apply(variables, np.transpose(x, (0, 2, 3, 1)))[0]
     for a, b in zip(out, ref):
         np.testing.assert_allclose(np.transpose(np.asarray(a), (0, 3, 1, 2)), b, rtol=1e-4, atol=1e-4)
 

@@ -23,7 +23,7 @@ class ModulatedConv2d(nn.Module):
     Computed in the non-fused form (modulate the input, one shared conv, demodulate the
     output), which equals the official grouped conv exactly in real arithmetic and batches
     well on accelerators. The upsampling path is the official stride-2 transposed conv
-    (size 2H+1) followed by a 4x4 blur (kernel x4, pad (1, 1)).
+    (size 2H+k-2) followed by a 4x4 blur (kernel x4; pad (1, 1) for k = 3) back to 2H.
     """
     features: int
     kernel_size: int
@@ -49,8 +49,9 @@ class ModulatedConv2d(nn.Module):
             sq = jnp.sum(jnp.square(w), axis=(0, 1))  # (in, out)
             d = jax.lax.rsqrt(jnp.dot(jnp.square(s), sq) + 1e-8)  # (B, out)
             x = x * d[:, None, None, :]
-        if self.upsample:
-            x = blur(x, (1, 1), upsample_factor=2)
+        if self.upsample:  # official Blur pad: p = (4 - 2) - (k - 1) -> ((p+1)//2 + 1, p//2 + 1)
+            p = 3 - k
+            x = blur(x, ((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
         return x
 
 

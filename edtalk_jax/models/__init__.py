@@ -40,5 +40,5 @@ def example_inputs(kind: str, cfg: Dict[str, Any], batch: int = 1):
     if kind == "audio2lip":
         return (jnp.zeros((batch, 80, 16)),)
     if kind == "vgg19":
-        return (jnp.zeros((batch, 32, 32, 3)),)
+        return (jnp.zeros((batch, 128, 128, 3)),)
     raise ValueError(f"unknown model kind {kind!r}")

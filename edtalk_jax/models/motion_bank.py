@@ -32,6 +32,16 @@ def orthogonality_loss(bases):
     return jnp.sum(jnp.square(gram - jnp.eye(b.shape[1], dtype=b.dtype)))
 
 
+def _complement_init(basis):
+    """Orthonormal columns orthogonal to span(basis): in free mode the joint bases start
+    orthonormal across banks too."""
+    def init(key, shape, dtype):
+        w = jax.random.normal(key, shape, jnp.float32)
+        q = jnp.linalg.qr(jnp.concatenate([basis.astype(jnp.float32), w], axis=-1))[0]
+        return q[:, basis.shape[1]:].astype(dtype)
+    return init
+
+
 class MotionBank(nn.Module):
     lip_dim: int = 20
     pose_dim: int = 6
@@ -49,7 +59,8 @@ class MotionBank(nn.Module):
         self.lipnonlip = self.param("lipnonlip", init, (self.style_dim, self.lip_dim + self.pose_dim),
                                     self.param_dtype)
         if self.exp_dim:
-            self.exp = self.param("exp", init, (self.style_dim, self.exp_dim), self.param_dtype)
+            exp_init = init if self.mode == "qr" else _complement_init(self.lipnonlip)
+            self.exp = self.param("exp", exp_init, (self.style_dim, self.exp_dim), self.param_dtype)
 
     @property
     def num_bases(self) -> int:

@@ -84,5 +84,9 @@ class PerceptualNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, img):
+        smallest = min(img.shape[1:3]) * min(self.scales)
+        if smallest < 16:  # relu5_1 sits after 4 poolings
+            raise ValueError(f"perceptual network: {img.shape[1]}x{img.shape[2]} images at scale "
+                             f"{min(self.scales)} are {smallest:g} px, below the 16 px VGG19 needs")
         vgg = VGG19(self.dtype, self.param_dtype, name="vgg")
         return tuple(vgg(anti_alias_downsample(img, s)) for s in self.scales)
