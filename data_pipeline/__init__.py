@@ -12,7 +12,8 @@ import os
 
 
 def num_clips(shards_dir: str | os.PathLike) -> int:
-    """Number of clips indexed in `shards_dir/manifest.json`."""
+    """Number of clips in a shard directory (its manifest.json) or a TFDS-built dataset
+    directory (its train split)."""
     return len(_store(*_key(shards_dir)))
 
 
@@ -24,10 +25,13 @@ def read_clip(shards_dir: str | os.PathLike, index: int) -> dict:
 
 
 def _key(shards_dir) -> tuple[str, float]:
-    # The manifest's mtime is part of the key: a rebuilt manifest gets a fresh store.
+    # The index file's mtime is part of the key: a rebuilt manifest gets a fresh store.
     path = os.path.abspath(os.fspath(shards_dir))
-    manifest = os.path.join(path, "manifest.json")
-    return path, os.path.getmtime(manifest) if os.path.exists(manifest) else -1.0
+    for name in ("manifest.json", "dataset_info.json"):
+        index = os.path.join(path, name)
+        if os.path.exists(index):
+            return path, os.path.getmtime(index)
+    return path, -1.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -35,4 +39,4 @@ def _store(path: str, mtime: float):
     from data_pipeline import shards
 
     del mtime  # only part of the cache key
-    return shards.ClipStore(path)
+    return shards.open_clips(path)

@@ -394,6 +394,16 @@ def write_splits(shards_dir: str | os.PathLike, *,
 
 # --- reading ----------------------------------------------------------------------------
 
+def open_clips(path: str | os.PathLike, split: str | None = None):
+    """Random-access clips of a shard directory (ClipStore) or of a TFDS-built dataset
+    directory (one holding dataset_info.json; split defaults to "train")."""
+    path = os.fspath(path)
+    if os.path.exists(os.path.join(path, "dataset_info.json")):
+        from data_pipeline import tfds_builders
+        return tfds_builders.open_tfds_clips(path, split or "train")
+    return ClipStore(path, split)
+
+
 class ClipStore:
     """Random access to the clips of a shard directory (optionally one split).
 

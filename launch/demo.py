@@ -2,7 +2,7 @@
 synthetic dataset, optionally with the official checkpoints.
 
   python -m launch.demo --workdir workdir [--config configs/base.py:tiny]
-      [--checkpoint EDTalk.pt] [--audio2lip Audio2Lip.pt] [--max_frames 50]
+      [--checkpoint EDTalk.pt] [--audio2lip Audio2Lip.pt] [--max_frames 24]
 
 Writes workdir/data (synthetic shards), workdir/demo/*.mp4, contact_sheet.png, report.json.
 """
@@ -14,8 +14,8 @@ config_flags.DEFINE_config_file("config", "configs/base.py", "model and data con
 flags.DEFINE_string("workdir", "workdir", "output directory")
 flags.DEFINE_string("checkpoint", None, "EDTalk.pt / EDTalk_lip_pose.pt or a launch.convert directory")
 flags.DEFINE_string("audio2lip", None, "Audio2Lip.pt or a launch.convert directory")
-flags.DEFINE_integer("chunk", 16, "frames rendered per jitted call")
-flags.DEFINE_integer("max_frames", 50, "frames rendered per mode (the driving clip is cut)")
+flags.DEFINE_integer("chunk", 8, "frames rendered per jitted call")
+flags.DEFINE_integer("max_frames", 24, "frames rendered per mode (the driving clip is cut)")
 
 
 def main(argv):

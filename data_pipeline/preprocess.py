@@ -1,0 +1,507 @@
+"""Raw talking-head video -> schema clips: the one function every runner calls.
+
+`process(item, options)` (and its streaming form `iter_clips`) does, for one video:
+  1. audio: the separate audio file or the video's own track, 16 kHz mono, shifted by
+     the container's audio/video start offset (fails fast before any video work);
+  2. pass 1: decode at 25 fps by timestamps, detect faces every `detect_stride` frames
+     on grayscale frames downscaled to `detect_max_side` (boxes refined to their
+     landmarks' bounding boxes, see data_pipeline.faces), track FOMM tubes, keep one
+     face at a time (the largest/most persistent) and cut where it is lost for longer
+     than `max_landmark_gap` frames;
+  3. pass 2: decode again, crop each kept frame to a square around the union of the
+     face boxes over its clip (`crop_span="clip"`) or over the whole track ("tube", as
+     FOMM and the official scripts; on long videos the head's wanderings make the face
+     small), resize to `size`, 68 landmarks in crop pixels (rows inside detection gaps
+     linearly interpolated, landmark_valid=False), JPEG;
+  4. cut each face segment into clips of `clip_seconds` (a shorter last one kept when at
+     least `min_clip_seconds`), each with its own audio (T * 640 samples) and mel windows.
+Two decoding passes keep memory bounded (pass 1 keeps only boxes, pass 2 one clip of
+JPEGs): a 20-minute video streams. Bad input never raises: it becomes a skip with a
+reason "<kind>: <details>" in `ProcessResult.skipped`.
+
+`run_local` runs `process` over a process pool, one shard per video, resumable.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import functools
+import json
+import multiprocessing
+import os
+import time
+import traceback
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+
+from data_pipeline import audio, faces, schema, video_io
+from data_pipeline.schema import FPS, SAMPLES_PER_FRAME
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoItem:
+    """One raw video to preprocess (picklable: it travels to pool and Beam workers)."""
+
+    path: str  # file system path (str; non-UTF-8 names as os.fsdecode gives them)
+    key: str  # unique, file-system safe: the shard name and the clip_id prefix
+    dataset: str = "folder"
+    speaker: str = ""
+    emotion: str = ""  # one of schema.EMOTIONS or ""
+    level: int = 0  # MEAD intensity 1..3, 0 unknown
+    audio_path: Optional[str] = None  # separate audio file; None: the video's own track
+    source: str = ""  # printable relative path, for the clips' meta "source"
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+    size: int = 256  # crop side in pixels
+    clip_seconds: float = 5.0  # official HDTF split length
+    min_clip_seconds: float = 1.0  # a shorter last piece of a segment is dropped
+    jpeg_quality: int = 75  # the official LMDB used PIL's default, 75
+    detector: str = "dlib"  # dlib (HOG), haar, or auto (dlib, Haar where dlib finds none)
+    detect_stride: int = 5  # detect faces every n-th frame (boxes interpolated between)
+    detect_max_side: int = 640  # frames downscaled to this longest side for detection (official)
+    iou_threshold: float = 0.25  # FOMM: IoU with the tube's initial box to stay in the tube
+    enlargement: float = 0.1  # FOMM `increase`: crop margin on each side
+    crop_span: str = "clip"  # square around the face's boxes over each "clip", or the whole "tube" (official)
+    max_landmark_gap: int = 15  # frames without a detection interpolated; longer gaps cut
+    multi_face: str = "largest"  # several faces at once: keep the largest, or "skip" the video
+    short_audio: str = "trim"  # audio shorter than video: "trim" the frames, or "skip"
+    allow_silent: bool = False  # videos without audio: silent clips instead of a skip
+    max_seconds: Optional[float] = None  # only the first seconds of each video (quick runs)
+
+    def validate(self) -> "PreprocessOptions":
+        if self.detector not in ("dlib", "haar", "auto"):
+            raise ValueError(f"detector={self.detector!r}: expected dlib, haar or auto")
+        if self.multi_face not in ("largest", "skip"):
+            raise ValueError(f"multi_face={self.multi_face!r}: expected largest or skip")
+        if self.crop_span not in ("clip", "tube"):
+            raise ValueError(f"crop_span={self.crop_span!r}: expected clip or tube")
+        if self.short_audio not in ("trim", "skip"):
+            raise ValueError(f"short_audio={self.short_audio!r}: expected trim or skip")
+        if self.detect_stride < 1 or self.max_landmark_gap < self.detect_stride - 1:
+            raise ValueError("need detect_stride >= 1 and max_landmark_gap >= detect_stride - 1")
+        if not 0 < self.min_clip_seconds <= self.clip_seconds:
+            raise ValueError("need 0 < min_clip_seconds <= clip_seconds")
+        if self.size < 16 or not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"size={self.size} (>= 16) or jpeg_quality={self.jpeg_quality} (1..100)")
+        return self
+
+    @property
+    def clip_frames(self) -> int:
+        return max(1, int(round(self.clip_seconds * FPS)))
+
+    @property
+    def min_clip_frames(self) -> int:
+        return max(1, int(round(self.min_clip_seconds * FPS)))
+
+
+@dataclasses.dataclass
+class ProcessResult:
+    key: str
+    clips: List[dict] = dataclasses.field(default_factory=list)
+    skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)  # (what, reason)
+    stats: dict = dataclasses.field(default_factory=dict)
+
+
+class _Skip(Exception):
+    """The whole video is skipped; the message is the reason."""
+
+
+class _Timer:
+    def __init__(self, stats: dict):
+        self.seconds = stats.setdefault("seconds", collections.defaultdict(float))
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        yield
+        self.seconds[name] += time.perf_counter() - t
+
+    def iterate(self, name: str, iterable):
+        it = iter(iterable)
+        while True:
+            with self(name):
+                value = next(it, StopIteration)
+            if value is StopIteration:
+                return
+            yield value
+
+
+def process(item: VideoItem, options: PreprocessOptions) -> ProcessResult:
+    """All clips of one video (see the module docstring); never raises for bad input."""
+    result = ProcessResult(item.key)
+    result.clips = list(iter_clips(item, options, result))
+    return result
+
+
+def iter_clips(item: VideoItem, options: PreprocessOptions, result: ProcessResult) -> Iterator[dict]:
+    """Yields the clips of one video as they are completed; skips and stats go to `result`."""
+    options.validate()
+    start = time.perf_counter()
+    try:
+        yield from _clips(item, options, result, _Timer(result.stats))
+    except _Skip as e:
+        result.skipped.append((item.key, str(e)))
+    except (video_io.VideoError, audio.AudioError, faces.FaceError) as e:
+        result.skipped.append((item.key, _reason(e)))
+    except Exception as e:  # never let one bad input stop a whole run; keep the trace
+        result.skipped.append((item.key, f"error: {type(e).__name__}: {e}"))
+        result.stats["traceback"] = traceback.format_exc()
+    result.stats["seconds"] = dict(result.stats.get("seconds", {}), total=time.perf_counter() - start)
+    result.stats["clips"] = result.stats.get("clips", 0)
+
+
+def _reason(e: Exception) -> str:
+    kind = {video_io.VideoError: "bad video", audio.AudioError: "bad audio", faces.FaceError: "face"}
+    return f"{kind[type(e)]}: {e}"
+
+
+def _load_audio(item: VideoItem, info: video_io.VideoInfo, options: PreprocessOptions, timer):
+    """16 kHz mono float32 aligned with video frame 0, or None for an allowed silent video."""
+    if item.audio_path is None and not info.has_audio:
+        if options.allow_silent:
+            return None
+        raise _Skip("no audio: the video has no audio stream and no separate audio file "
+                    "(allow_silent makes silent clips)")
+    with timer("audio"):
+        wav = audio.load_audio(item.audio_path or item.path)
+    if item.audio_path is None and abs(info.audio_offset) > 0.5 / audio.SAMPLE_RATE:
+        shift = int(round(info.audio_offset * audio.SAMPLE_RATE))
+        wav = np.pad(wav, (shift, 0)) if shift > 0 else wav[-shift:]
+    return wav
+
+
+def _clips(item, options, result, timer) -> Iterator[dict]:
+    info = video_io.probe(item.path)
+    stats = result.stats
+    stats.update(width=info.width, height=info.height, source_fps=round(info.fps, 3))
+    wav = _load_audio(item, info, options, timer)
+
+    # Pass 1: keyframe detections on small grayscale frames.
+    scale = min(1.0, options.detect_max_side / max(info.width, info.height))
+    small = (max(1, round(info.width * scale)), max(1, round(info.height * scale)))
+    stream = video_io.FrameStream(item.path, stride=options.detect_stride, size=small, gray=True,
+                                  max_seconds=options.max_seconds)
+    detections = []
+    for k, gray in timer.iterate("decode", stream):
+        with timer("detect"):
+            boxes = faces.face_boxes(gray, faces.detect(gray, options.detector))
+        detections.append((k, boxes * np.float32([info.width / small[0], info.height / small[1]] * 2)))
+    num_frames = stream.num_frames
+    stats["frames"] = num_frames
+    usable = num_frames
+    if wav is not None:
+        audio_frames = len(wav) // SAMPLES_PER_FRAME
+        if audio_frames < num_frames:
+            span = f"{item.key}@{audio_frames / FPS:.2f}-{num_frames / FPS:.2f}"
+            why = f"audio shorter than video: {len(wav) / audio.SAMPLE_RATE:.2f} s < {num_frames / FPS:.2f} s"
+            if options.short_audio == "skip":
+                raise _Skip(why)
+            result.skipped.append((span, why + ": frames after the audio dropped"))
+            usable = audio_frames
+
+    # Tubes -> one face at a time -> segments.
+    tubes = faces.track([(k, b) for k, b in detections if k < usable], options.iou_threshold,
+                        options.max_landmark_gap)
+    kept, num_faces = faces.select(tubes, options.min_clip_frames)
+    stats.update(faces=num_faces, tubes=len(tubes), keyframes=len(detections),
+                 detections=sum(len(b) for _, b in detections))
+    if not any(len(b) for _, b in detections):
+        raise _Skip(f"no face: none detected in {len(detections)} keyframes")
+    if num_faces > 1:
+        if options.multi_face == "skip":
+            raise _Skip(f"several faces: {num_faces} at the same time")
+        stats["note"] = (f"several faces ({num_faces} at once): kept the largest, most persistent "
+                         "one (see crops: x0, y0, side of each clip)")
+    if not kept:
+        raise _Skip(f"too short: no face track of at least {options.min_clip_seconds:g} s")
+    plans = [_Plan(t, info, options) for t in kept]
+    stats["crops"] = [[c.x0, c.y0, c.side] for p in plans for c in p.crops]
+    for plan in plans:
+        for a, b in plan.dropped:
+            result.skipped.append((f"{item.key}@{a / FPS:.2f}-{b / FPS:.2f}",
+                                   f"too short: the face segment's last {b - a} frames"))
+
+    # Pass 2: crop, landmarks, JPEG; emit clips as soon as their landmark rows are known.
+    frames = video_io.FrameStream(item.path, max_seconds=options.max_seconds)
+    stats["clips"] = 0
+    for k, rgb in timer.iterate("decode", frames):
+        for plan in plans:
+            if plan.start <= k <= plan.end:
+                plan.add(k, rgb, timer)
+            for i, a, b in plan.ready(k):
+                yield _make_clip(item, options, plan, i, a, b, wav, timer, stats)
+        if k >= plans[-1].end:
+            break
+    for plan in plans:
+        for _, a, b, _ in plan.pending:
+            result.skipped.append((f"{item.key}@{a / FPS:.2f}-{b / FPS:.2f}", "video ended early in pass 2"))
+    stats["landmarks_interpolated"] = sum(p.interpolated for p in plans)
+
+
+class _Plan:
+    """One kept face tube: its clip ranges and their crops, per-frame boxes, and the
+    landmark rows so far (in source pixels, so a gap may span clips with other crops)."""
+
+    def __init__(self, tube: faces.Tube, info: video_io.VideoInfo, options: PreprocessOptions):
+        self.options = options
+        self.boxes = faces.box_schedule(tube, options.detect_stride)
+        self.start, self.end = tube.start, tube.end
+        self.step = step = options.clip_frames
+        ranges = [(a, min(a + step, self.end + 1)) for a in range(self.start, self.end + 1, step)]
+        clips = [r for r in ranges if r[1] - r[0] >= options.min_clip_frames]  # never empty
+        self.dropped = [r for r in ranges if r[1] - r[0] < options.min_clip_frames]
+        self.clip_end = clips[-1][1]
+        # Gap frames (no box): the detected frames around them, whose rows they interpolate.
+        self.prev_hit: Dict[int, int] = {}
+        self.next_hit: Dict[int, int] = {}
+        for k in range(self.start, self.end + 1):
+            if self.boxes[k] is None:
+                self.prev_hit[k] = self.prev_hit.get(k - 1, k - 1)
+        for k in range(self.end, self.start - 1, -1):
+            if self.boxes[k] is None:
+                self.next_hit[k] = self.next_hit.get(k + 1, k + 1)
+        if options.crop_span == "tube":
+            tube_crop = faces.square_crop(tube.union_box(), info.width, info.height, options.enlargement)
+            self.crops = [tube_crop] * len(clips)
+        else:
+            self.crops = [self._clip_crop(a, b, info) for a, b in clips]
+        # (clip index, a, b, frame after which the clip is complete), in order.
+        self.pending = collections.deque(
+            (i, a, b, max([b - 1] + [self.next_hit.get(j, j) for j in range(a, b)]))
+            for i, (a, b) in enumerate(clips))
+        self.rows: Dict[int, np.ndarray] = {}
+        self.jpegs: Dict[int, bytes] = {}
+        self.interpolated = 0
+
+    def _clip_crop(self, a: int, b: int, info: video_io.VideoInfo) -> faces.Crop:
+        """The square around the union of the clip's boxes (and of the hits around its gaps)."""
+        frames = set(range(a, b))
+        frames |= {self.prev_hit[j] for j in range(a, b) if j in self.prev_hit}
+        frames |= {self.next_hit[j] for j in range(a, b) if j in self.next_hit}
+        boxes = [self.boxes[k] for k in frames if self.boxes[k] is not None]
+        return faces.square_crop(faces.union(boxes), info.width, info.height, self.options.enlargement)
+
+    def add(self, k: int, rgb: np.ndarray, timer) -> None:
+        size = self.options.size
+        # Frames after the last clip (a dropped tail) only give gap endpoints: last crop.
+        crop = self.crops[min((k - self.start) // self.step, len(self.crops) - 1)]
+        with timer("crop"):
+            face = faces.crop_resize(rgb, crop, size)
+        box = self.boxes[k]
+        if box is not None:
+            with timer("landmarks"):
+                gray = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
+                seed = crop.to_crop(faces.predictor_box(box).reshape(2, 2), size).reshape(4)
+                rows = faces.landmarks(gray, seed)
+                self.rows[k] = crop.from_crop(rows, size)
+        if k < self.clip_end:
+            with timer("jpeg"):
+                self.jpegs[k] = _encode_jpeg(face, self.options.jpeg_quality)
+
+    def ready(self, k: int) -> List[Tuple[int, int, int]]:
+        """(clip index, a, b) of the clips whose frames and rows are all known after frame k."""
+        done = []
+        while self.pending and self.pending[0][3] <= k:
+            done.append(self.pending.popleft()[:3])
+        return done
+
+    def landmarks(self, i: int, a: int, b: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Rows (b - a, 68, 2) in clip i's crop pixels, gap rows interpolated; the valid mask."""
+        valid = np.array([self.boxes[j] is not None for j in range(a, b)])
+        lo, hi = self.prev_hit.get(a, a), self.next_hit.get(b - 1, b - 1)
+        span = range(lo, hi + 1)
+        known = np.array([j in self.rows for j in span])
+        rows = np.stack([self.rows.get(j, np.zeros((68, 2), np.float32)) for j in span])
+        rows = faces.fill_gaps(rows, known)[a - lo : b - lo]
+        self.interpolated += int((~valid).sum())
+        for j in [j for j in self.rows if j < b - self.options.max_landmark_gap - 1]:
+            del self.rows[j]  # too far behind to be the start of a later clip's gap
+        return self.crops[i].to_crop(rows, self.options.size), valid
+
+
+def _encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    from data_pipeline import shards
+
+    return shards.encode_jpeg(rgb, quality)
+
+
+def _make_clip(item, options, plan: _Plan, i: int, a: int, b: int, wav, timer, stats) -> dict:
+    t = b - a
+    rows, valid = plan.landmarks(i, a, b)
+    if wav is None:
+        pcm = np.zeros(t * SAMPLES_PER_FRAME, np.float32)
+    else:
+        pcm = wav[a * SAMPLES_PER_FRAME : b * SAMPLES_PER_FRAME]
+    with timer("mel"):
+        mel = audio.mel_windows(pcm, num_frames=t)
+    stats["clips"] += 1
+    clip = {
+        "frames": [plan.jpegs.pop(j) for j in range(a, b)],
+        "mel_windows": mel,
+        "landmarks": rows.astype(np.float32),
+        "landmark_valid": valid,
+        "audio": audio.wav_to_int16(pcm),
+        "factors": np.zeros((t, 0), np.float32),
+        "meta": schema.make_meta(
+            dataset=item.dataset, speaker=item.speaker, clip_id=f"{item.key}#{stats['clips']}",
+            emotion=item.emotion, level=item.level, fps=float(FPS),
+            source=f"{item.source}@{a / FPS:.2f}-{b / FPS:.2f}", num_frames=t, size=options.size,
+            factor_names=""),
+    }
+    schema.validate_clip(clip, f"{item.key} clip {stats['clips']}")
+    return clip
+
+
+# --- the local runner -------------------------------------------------------------------
+
+def run_local(items: Sequence[VideoItem], output_dir, options: PreprocessOptions, workers: int = 1,
+              progress: bool = True, splits: Optional[dict] = None) -> dict:
+    """Preprocesses `items` into `output_dir/shards/<key>.array_record` (one shard per video)
+    with a pool of `workers` processes, then writes the manifest, the splits (`splits`:
+    keyword arguments of shards.write_splits) and `output_dir/report.json`; returns the report.
+
+    Resumable: a video with a status file (`output_dir/status/<key>.json`, written after
+    its shard is complete) or a complete shard is done and not redone; an interrupted
+    one left only a `.tmp` file and is redone. Bad inputs become counted skips.
+    """
+    from data_pipeline import shards
+    from tqdm import tqdm
+
+    options.validate()
+    out = os.fspath(output_dir)
+    shards_dir, status_dir = os.path.join(out, "shards"), os.path.join(out, "status")
+    os.makedirs(status_dir, exist_ok=True)
+    _check_items(items)
+    _check_options(out, options)
+    start = time.perf_counter()
+    todo = [it for it in items if _status(it, shards_dir, status_dir) is None]
+    run = functools.partial(_run_item, options=options, shards_dir=shards_dir, status_dir=status_dir)
+    bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="preprocess")
+    if workers <= 1 or len(todo) <= 1:
+        for item in todo:
+            run(item)
+            bar.update()
+    else:
+        with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), _init_worker) as pool:
+            for _ in pool.imap_unordered(run, todo):
+                bar.update()
+    bar.close()
+    statuses = {it.key: _status(it, shards_dir, status_dir) for it in items}
+    report = _report(statuses, options, {it.key for it in todo}, time.perf_counter() - start)
+    if report["clips_written"]:
+        manifest = shards.write_manifest(shards_dir)
+        split = shards.write_splits(shards_dir, **(splits or {}))
+        report.update(num_clips=manifest["num_clips"], splits={k: len(v) for k, v in split.items()})
+    _write_json(os.path.join(out, "report.json"), report)
+    return report
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # one video per core: no thread oversubscription
+
+
+def _check_items(items: Sequence[VideoItem]) -> None:
+    seen = {}
+    for it in items:
+        if it.key in seen:
+            raise ValueError(f"duplicate item key {it.key!r}: {seen[it.key]} and {it.source or it.path}")
+        seen[it.key] = it.source or it.path
+
+
+def _check_options(out: str, options: PreprocessOptions) -> None:
+    """Refuses to resume an output directory made with other options."""
+    path = os.path.join(out, "options.json")
+    current = dataclasses.asdict(options)
+    if os.path.exists(path):
+        with open(path) as f:
+            before = json.load(f)
+        if before != json.loads(json.dumps(current)):
+            changed = sorted(k for k in current if before.get(k) != current[k])
+            raise ValueError(f"{out} was preprocessed with other options (differ: {changed}); "
+                             "use a new output directory")
+    else:
+        with open(path, "w") as f:
+            json.dump(current, f, indent=1)
+
+
+def _shard_path(shards_dir: str, key: str) -> str:
+    return os.path.join(shards_dir, key + ".array_record")
+
+
+def _status(item: VideoItem, shards_dir: str, status_dir: str) -> Optional[dict]:
+    """The item's status when it is done, else None."""
+    path = os.path.join(status_dir, item.key + ".json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    shard = _shard_path(shards_dir, item.key)
+    if os.path.exists(shard):  # complete shard, status lost in a crash right after it
+        from data_pipeline import shards
+
+        reader = shards.open_reader(shard)
+        count = reader.num_records()
+        reader.close()
+        return {"source": item.source, "clips": count, "skipped": [], "stats": {"resumed": True}}
+    return None
+
+
+def _write_json(path: str, obj) -> None:
+    """Atomic: a reader never sees a half-written file."""
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def _run_item(item: VideoItem, options: PreprocessOptions, shards_dir: str, status_dir: str) -> None:
+    """Processes one video into its shard and writes its status file (worker entry point)."""
+    from data_pipeline import shards
+
+    result = ProcessResult(item.key)
+    count = 0
+    try:
+        with contextlib.ExitStack() as stack:
+            writer = None
+            for clip in iter_clips(item, options, result):
+                if writer is None:
+                    writer = stack.enter_context(shards.ShardWriter(_shard_path(shards_dir, item.key)))
+                writer.write(clip)
+                count += 1
+    except Exception as e:  # a failed write: the shard is removed, the video reported
+        count = 0
+        result.skipped.append((item.key, f"error: writing the shard failed: {type(e).__name__}: {e}"))
+    status = {"source": item.source or video_io.display_path(item.path), "clips": count,
+              "skipped": [list(s) for s in result.skipped], "stats": result.stats}
+    _write_json(os.path.join(status_dir, item.key + ".json"), status)
+
+
+def _report(statuses: Dict[str, dict], options, now: set, seconds: float) -> dict:
+    reasons = collections.Counter()
+    timing = collections.defaultdict(float)
+    video_seconds = 0.0  # of the videos processed in this run
+    for key, st in statuses.items():
+        for what, why in st["skipped"]:
+            reasons[why.split(":")[0]] += 1
+        if key in now:
+            for name, sec in st["stats"].get("seconds", {}).items():
+                timing[name] += sec
+            video_seconds += st["stats"].get("frames", 0) / FPS
+    return {
+        "options": dataclasses.asdict(options),
+        "num_items": len(statuses),
+        "done_before": len(statuses) - len(now),
+        "clips_written": sum(st["clips"] for st in statuses.values()),
+        "items_with_clips": sum(1 for st in statuses.values() if st["clips"]),
+        "items_skipped": sum(1 for k, st in statuses.items() if any(w == k for w, _ in st["skipped"])),
+        "skip_reasons": dict(reasons),
+        "seconds": seconds,  # wall clock of this run
+        "video_seconds": video_seconds,
+        "seconds_per_video_minute": seconds / (video_seconds / 60) if video_seconds else None,
+        "process_seconds": dict(timing),
+        "items": statuses,
+    }

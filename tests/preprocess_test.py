@@ -1,0 +1,295 @@
+"""preprocess + datasets + launch.preprocess: real and generated videos -> clips, skips, resume."""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import soundfile
+
+from data_pipeline import audio, datasets, faces, preprocess, schema, shards, video_io
+from data_pipeline.preprocess import PreprocessOptions, VideoItem
+
+FAST = PreprocessOptions(size=96, clip_seconds=1.0, min_clip_seconds=0.4)
+
+
+def _face(samples_dir, name="identity_source.jpg"):
+    return cv2.cvtColor(cv2.imread(str(samples_dir / name)), cv2.COLOR_BGR2RGB)
+
+
+def _moving(image, n):
+    """n frames of `image` drifting a few pixels (a face video without a face model)."""
+    h, w = image.shape[:2]
+    out = []
+    for i in range(n):
+        m = np.float32([[1, 0, 3 * np.sin(i / 4)], [0, 1, 2 * np.cos(i / 5)]])
+        out.append(cv2.warpAffine(image, m, (w, h), borderMode=cv2.BORDER_REFLECT))
+    return np.stack(out)
+
+
+def _vfr_times():
+    """60 presentation times, irregular (20-60 ms apart), in whole milliseconds."""
+    return np.round(np.cumsum(np.r_[0, np.random.default_rng(1).uniform(0.02, 0.06, 59)]), 3)
+
+
+def _speech(samples_dir, seconds):
+    return audio.load_audio(samples_dir / "mouth_source.wav")[: int(seconds * 16000)]
+
+
+@pytest.fixture(scope="module")
+def media(samples_dir, tmp_path_factory):
+    """A folder of small generated videos, good and bad, and a few extras beside it."""
+    root = tmp_path_factory.mktemp("media")
+    raw = root / "raw"
+    raw.mkdir()
+    face = _face(samples_dir)
+    speech = _speech(samples_dir, 2.0)
+    frames = _moving(face, 50)
+    video_io.write_video(raw / "good.mp4", frames, audio=speech)
+    video_io.write_video(raw / "noaudio.mp4", frames)
+    noise = np.random.default_rng(0).integers(0, 256, (50, 128, 128, 3), dtype=np.uint8)
+    video_io.write_video(raw / "noface.mp4", noise, audio=speech)
+    (raw / "corrupt.mp4").write_bytes((raw / "good.mp4").read_bytes()[:20000])
+    (raw / "garbage.avi").write_bytes(b"\x00not a video" * 100)
+    two = np.concatenate([face, _face(samples_dir, "crop_identity_source.jpg")], axis=1)
+    video_io.write_video(raw / "two_faces.mp4", _moving(two, 50), audio=speech)
+    gray = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)[40:239, :255]  # 255 x 199
+    video_io.write_video(raw / "gray_odd.mkv", _moving(gray, 50), audio=speech, codec="ffv1", pix_fmt="gray")
+    video_io.write_video(raw / "vfr.mkv", _moving(face, 60), times=_vfr_times(), audio=speech[: int(16000 * 1.9)],
+                         codec="ffv1", pix_fmt="yuv420p")
+    weird = os.path.join(os.fsencode(raw), b"caf\xe9 \xff.mp4")
+    video_io.write_video(weird, frames[:40], audio=speech)
+    # Beside the folder: a face that disappears for a while, and a short separate audio.
+    gap = _moving(face, 75)
+    gap[30:40] = 128
+    video_io.write_video(root / "gap.mp4", gap, audio=_speech(samples_dir, 3.0))
+    soundfile.write(root / "short.wav", _speech(samples_dir, 1.2), 16000)
+    return root
+
+
+def test_obama_clips_are_faces_with_aligned_audio(samples_dir):
+    path = samples_dir / "uncrop_Obama.mp4"
+    item = VideoItem(path=str(path), key="obama", speaker="obama", source="uncrop_Obama.mp4")
+    result = preprocess.process(item, PreprocessOptions(clip_seconds=2.0, max_seconds=4.0))
+    assert result.clips and not [s for s in result.skipped if s[0] == "obama"], result.skipped
+    assert result.stats["faces"] == 1 and result.stats["frames"] == 100
+    wav = audio.load_audio(path)
+    for clip in result.clips:
+        t = schema.validate_clip(clip).num_frames
+        meta = clip["meta"]
+        assert meta["size"] == 256 and meta["fps"] == 25.0 and meta["speaker"] == "obama"
+        start = int(round(float(meta["source"].split("@")[1].split("-")[0]) * 25))
+        pcm = wav[start * 640 : (start + t) * 640]
+        np.testing.assert_array_equal(clip["audio"], audio.wav_to_int16(pcm))
+        np.testing.assert_array_equal(clip["mel_windows"], audio.mel_windows(pcm, t))
+        assert clip["landmark_valid"].all()
+        for i in (0, t - 1):
+            rgb = shards.decode_jpeg(clip["frames"][i])
+            assert rgb.shape == (256, 256, 3)
+            gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+            boxes = faces.detect(gray)
+            assert len(boxes) == 1, "dlib finds the face in the crop"
+            rows = clip["landmarks"][i]
+            assert (rows >= 0).all() and (rows < 256).all()
+            eyes = rows[list(schema.LEFT_EYE + schema.RIGHT_EYE), 1].mean()
+            assert rows[list(schema.MOUTH), 1].min() > eyes
+            own = faces.landmarks(gray, boxes[0])
+            assert np.linalg.norm(rows - own, axis=1).mean() < 4.0  # px, in crop pixels
+    assert [c["meta"]["clip_id"] for c in result.clips] == [f"obama#{i + 1}" for i in range(len(result.clips))]
+
+
+def test_silent_30fps_video_is_skipped_unless_allowed(samples_dir):
+    item = VideoItem(path=str(samples_dir / "expression_source.mp4"), key="expr")
+    result = preprocess.process(item, PreprocessOptions(size=64, max_seconds=2.0))
+    assert not result.clips and result.skipped[0][1].startswith("no audio")
+    result = preprocess.process(item, PreprocessOptions(size=64, max_seconds=2.0, allow_silent=True))
+    assert result.stats["frames"] == 50  # 2 s at 25 fps, from a 30 fps source
+    assert sum(len(c["frames"]) for c in result.clips) == 46  # tube ends at the last keyframe (45)
+    assert all(not c["audio"].any() for c in result.clips)
+
+
+def test_audio_shorter_than_video_trims_or_skips(media):
+    item = VideoItem(path=str(media / "raw" / "good.mp4"), key="short", audio_path=str(media / "short.wav"))
+    result = preprocess.process(item, FAST)
+    assert sum(len(c["frames"]) for c in result.clips) <= 30  # 1.2 s of audio
+    assert any("audio shorter than video" in why for _, why in result.skipped)
+    for clip in result.clips:
+        assert len(clip["audio"]) == 640 * len(clip["frames"])
+    result = preprocess.process(item, dataclasses.replace(FAST, short_audio="skip"))
+    assert not result.clips and result.skipped[0][1].startswith("audio shorter than video")
+
+
+def test_video_starting_after_its_audio_is_aligned(media, tmp_path):
+    delayed = tmp_path / "delayed.mp4"  # video stream starts 0.4 s after the audio stream
+    good = str(media / "raw" / "good.mp4")
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-itsoffset", "0.4", "-i", good,
+                    "-i", good, "-map", "0:v", "-map", "1:a", "-c", "copy", str(delayed)], check=True)
+    result = preprocess.process(VideoItem(path=str(delayed), key="delayed"), FAST)
+    wav = audio.load_audio(delayed)
+    for clip in result.clips:
+        start = int(round(float(clip["meta"]["source"].split("@")[1].split("-")[0]) * 25))
+        t = len(clip["frames"])
+        expected = wav[6400 + start * 640 : 6400 + (start + t) * 640]  # 0.4 s = 6400 samples later
+        np.testing.assert_array_equal(clip["audio"], audio.wav_to_int16(expected))
+    # The audio ends 0.4 s into the video's last frames: those are trimmed, and said so.
+    assert any("audio shorter than video" in why for _, why in result.skipped)
+
+
+def test_landmark_gaps_are_interpolated_or_cut(media):
+    item = VideoItem(path=str(media / "gap.mp4"), key="gap")
+    result = preprocess.process(item, PreprocessOptions(size=96, clip_seconds=3.0))
+    (clip,) = result.clips
+    invalid = np.flatnonzero(~clip["landmark_valid"])
+    assert list(invalid) == list(range(26, 40))  # between the hits at frames 25 and 40
+    rows = clip["landmarks"]
+    np.testing.assert_allclose(rows[33], rows[25] + (rows[40] - rows[25]) * 8 / 15, atol=1e-3)
+    cut = preprocess.process(item, PreprocessOptions(size=96, clip_seconds=3.0, min_clip_seconds=0.2,
+                                                     max_landmark_gap=10))
+    spans = [c["meta"]["source"].split("@")[1] for c in cut.clips]
+    assert spans == ["0.00-1.04", "1.60-2.84"]
+    assert all(c["landmark_valid"].all() for c in cut.clips)
+
+
+def test_crops_follow_each_clip_or_the_whole_track(samples_dir, tmp_path):
+    face = _face(samples_dir)
+    frames = np.zeros((75, 400, 600, 3), np.uint8)
+    for i in range(75):  # the face slides 60 px to the right over 3 s
+        x = 50 + round(60 * i / 74)
+        frames[i, 72:328, x : x + 256] = face
+    path = tmp_path / "slide.mp4"
+    video_io.write_video(path, frames, audio=_speech(samples_dir, 3.0))
+    item = VideoItem(path=str(path), key="slide")
+    opts = PreprocessOptions(size=128, clip_seconds=1.0, min_clip_seconds=0.5)
+    per_clip = preprocess.process(item, opts)
+    whole = preprocess.process(item, dataclasses.replace(opts, crop_span="tube"))
+    clip_crops, tube_crops = per_clip.stats["crops"], whole.stats["crops"]
+    assert len(clip_crops) == len(tube_crops) == 3 and len({tuple(c) for c in tube_crops}) == 1
+    assert all(c[2] < tube_crops[0][2] for c in clip_crops)  # tighter squares
+    assert clip_crops[0][0] < clip_crops[1][0] < clip_crops[2][0]  # following the face
+    for a, b, ca, cb in zip(per_clip.clips, whole.clips, clip_crops, tube_crops):
+        # The same landmarks in source pixels, whichever square they were found in.
+        src_a = faces.Crop(*ca).from_crop(a["landmarks"], 128)
+        src_b = faces.Crop(*cb).from_crop(b["landmarks"], 128)
+        assert np.abs(src_a - src_b).mean() < 2.0
+
+
+def test_several_faces_keep_the_largest_or_skip(media):
+    item = VideoItem(path=str(media / "raw" / "two_faces.mp4"), key="two")
+    result = preprocess.process(item, FAST)
+    assert result.clips and result.stats["faces"] == 2 and "several faces" in result.stats["note"]
+    result = preprocess.process(item, PreprocessOptions(size=96, multi_face="skip"))
+    assert not result.clips and result.skipped == [("two", "several faces: 2 at the same time")]
+
+
+def test_run_local_reports_every_bad_input(media, tmp_path):
+    items = datasets.discover(str(media / "raw"), "folder")
+    assert len(items) == 9
+    report = preprocess.run_local(items, tmp_path / "out", FAST, workers=2, progress=False)
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert on_disk["clips_written"] == report["clips_written"] > 0
+    status = {k: v for k, v in on_disk["items"].items()}
+    reasons = {k: [why for what, why in v["skipped"] if what == k] for k, v in status.items()}
+    assert reasons["noaudio"][0].startswith("no audio")
+    assert reasons["noface"][0].startswith("no face")
+    assert reasons["corrupt"][0].startswith("bad video") and "corrupt.mp4" in reasons["corrupt"][0]
+    assert reasons["garbage"][0].startswith("bad video")
+    assert on_disk["skip_reasons"]["bad video"] == 2
+    weird = next(k for k in status if k.startswith("caf"))
+    assert set(weird) <= set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+    for key in ("good", "two_faces", "gray_odd", "vfr", weird):
+        assert status[key]["clips"] >= 1 and not reasons[key], (key, status[key])
+    assert status["two_faces"]["stats"]["faces"] == 2 and "several faces" in status["two_faces"]["stats"]["note"]
+    # floor(end * 25), the last frame lasting 1/25 s (the stream's nominal rate).
+    assert status["vfr"]["stats"]["frames"] == int((_vfr_times()[-1] + 0.04) * 25) == 61
+    manifest = shards.load_manifest(tmp_path / "out" / "shards")
+    assert manifest["num_clips"] == report["clips_written"]
+    store = shards.ClipStore(tmp_path / "out" / "shards")
+    assert {store.meta(i)["dataset"] for i in range(len(store))} == {"folder"}
+    clip = store.clip(0)
+    assert clip["frames"].shape[1:] == (96, 96, 3)
+
+
+def test_resume_skips_finished_videos_and_redoes_interrupted_ones(media, tmp_path):
+    raw = media / "raw"
+    items = [it for it in datasets.discover(str(raw), "folder") if it.key in ("good", "gray_odd")]
+    out = tmp_path / "out"
+    preprocess.run_local(items, out, FAST, workers=1, progress=False)
+    good, gray = (out / "shards" / f"{k}.array_record" for k in ("good", "gray_odd"))
+    stamp = good.stat().st_mtime_ns
+    # Crash windows: "good" lost its status after the shard was complete; "gray_odd" was
+    # interrupted while writing (only a .tmp file).
+    (out / "status" / "good.json").unlink()
+    (out / "status" / "gray_odd.json").unlink()
+    gray.unlink()
+    (out / "shards" / "gray_odd.array_record.tmp").write_bytes(b"partial")
+    report = preprocess.run_local(items, out, FAST, workers=1, progress=False)
+    assert report["done_before"] == 1 and good.stat().st_mtime_ns == stamp
+    assert gray.exists() and not (out / "shards" / "gray_odd.array_record.tmp").exists()
+    assert report["items"]["gray_odd"]["clips"] >= 1 and report["num_clips"] == report["clips_written"]
+    with pytest.raises(ValueError, match="other options"):
+        preprocess.run_local(items, out, PreprocessOptions(size=64), progress=False)
+
+
+def test_cli_killed_and_rerun(media, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "launch.preprocess", "--input", str(media / "raw"), "--output", str(out),
+           "--size", "96", "--clip-seconds", "1", "--min-clip-seconds", "0.4", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list((out / "status").glob("*.json"))) < 2:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list((out / "status").glob("*.json")))
+    assert finished >= 2
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["done_before"] >= finished and report["num_items"] == 9
+    assert "9 videos" in done.stdout and "report:" in done.stdout
+    assert not list((out / "shards").glob("*.tmp"))
+
+
+def test_discovery_layouts(tmp_path):
+    def touch(rel):
+        path = os.path.join(os.fsencode(tmp_path), os.fsencode(rel))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").close()
+
+    touch("mead/M003/video/front/angry/level_2/001.mp4")
+    touch("mead/M003/audio/angry/level_2/001.m4a")
+    touch("mead/W009/video/front/neutral/level_1/002.mp4")
+    touch("mead/W009/video/left_30/neutral/level_1/002.mp4")  # not front: ignored
+    touch("flat/Original_video/M030#happy#level_3#010.mp4")
+    touch("flat/audio/M030#happy#level_3#010.wav")
+    touch("hdtf/WDA_BarackObama_000.mp4")
+    touch("hdtf/RD_Radio1_000.MP4")
+    touch("folder/alice/take 1.mov")
+    touch("folder/bob/x.mkv")
+    touch(b"folder/bob/\xe9t\xe9.avi")
+    touch("folder/bob/notes.txt")
+    mead = datasets.discover(str(tmp_path / "mead"), "mead")
+    assert [(i.key, i.speaker, i.emotion, i.level) for i in mead] == [
+        ("M003#angry#level_2#001", "M003", "angry", 2), ("W009#neutral#level_1#002", "W009", "neutral", 1)]
+    assert mead[0].audio_path.endswith("M003/audio/angry/level_2/001.m4a") and mead[1].audio_path is None
+    (flat,) = datasets.discover(str(tmp_path / "flat" / "Original_video"), "mead")
+    assert flat.key == "M030#happy#level_3#010" and flat.audio_path.endswith("flat/audio/M030#happy#level_3#010.wav")
+    hdtf = datasets.discover(str(tmp_path / "hdtf"), "hdtf")
+    assert sorted(i.speaker for i in hdtf) == ["RD_Radio1_000", "WDA_BarackObama_000"]
+    folder = datasets.discover(str(tmp_path / "folder"), "folder", speaker_from="parent")
+    assert len(folder) == 3 and {i.speaker for i in folder} == {"alice", "bob"}
+    keys = [i.key for i in folder]
+    assert len(set(keys)) == 3 and not any(datasets._UNSAFE.search(k) for k in keys)
+    assert any(k.startswith("alice__take_1-") for k in keys)
+    json.dumps([i.source for i in folder])  # printable even for non-UTF-8 names
+    single = datasets.discover(str(tmp_path / "hdtf" / "WDA_BarackObama_000.mp4"), "folder")
+    assert [i.key for i in single] == ["WDA_BarackObama_000"]
+    with pytest.raises(FileNotFoundError):
+        datasets.discover(str(tmp_path / "missing"), "folder")
