@@ -77,3 +77,15 @@ def minibatch_stddev(x, group_size: int = 4, num_features: int = 1):
     y = jnp.tile(y, (group, 1))[:, None, None, :]
     y = jnp.broadcast_to(y, (b, h, w, f)).astype(x.dtype)
     return jnp.concatenate([x, y], axis=-1)
+
+
+def residual_pyramid(img, channels, dtype=jnp.float32, param_dtype=jnp.float32):
+    """The shared trunk of the encoder and the discriminator, called from a compact module:
+    `convs_0` (1x1 ConvLayer to channels[-1]) then ResBlocks `convs_1..n` halving the size
+    down to 4x4. channels: for resolutions 4, 8, ..., size. Returns every output, finest first."""
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    ch = channels[::-1]  # ch[i] = channels at resolution size / 2**i
+    outs = [ConvLayer(ch[0], 1, name="convs_0", **kw)(img)]
+    for i in range(1, len(ch)):
+        outs.append(ResBlock(ch[i], name=f"convs_{i}", **kw)(outs[-1]))
+    return outs

@@ -5,7 +5,7 @@ from typing import Any, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from edtalk_jax.layers.conv import ConvLayer, ResBlock, minibatch_stddev
+from edtalk_jax.layers.conv import ConvLayer, minibatch_stddev, residual_pyramid
 from edtalk_jax.layers.equalized import EqualLinear
 from edtalk_jax.models.config import log2_size
 
@@ -24,14 +24,12 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, img):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        n = log2_size(self.size) - 2
-        ch = self.channels[::-1]
-        out = ConvLayer(ch[0], 1, name="convs_0", **kw)(img)
-        for i in range(1, n + 1):
-            out = ResBlock(ch[i], name=f"convs_{i}", **kw)(out)
+        log2_size(self.size)  # validates the size
+        c4 = self.channels[0]
+        out = residual_pyramid(img, self.channels, **kw)[-1]
         out = minibatch_stddev(out, self.stddev_group)
-        out = ConvLayer(ch[n], 3, name="final_conv", **kw)(out)
+        out = ConvLayer(c4, 3, name="final_conv", **kw)(out)
         # Flatten in torch's (C, H, W) order so the official final_linear weights apply as is.
         out = jnp.transpose(out, (0, 3, 1, 2)).reshape(out.shape[0], -1)
-        out = EqualLinear(ch[n], activation=True, name="final_linear_0", **kw)(out)
+        out = EqualLinear(c4, activation=True, name="final_linear_0", **kw)(out)
         return EqualLinear(1, name="final_linear_1", **kw)(out)

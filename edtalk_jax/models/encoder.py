@@ -5,7 +5,7 @@ from typing import Any, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from edtalk_jax.layers.conv import ConvLayer, ResBlock
+from edtalk_jax.layers.conv import residual_pyramid
 from edtalk_jax.layers.equalized import EqualConv2d
 from edtalk_jax.models.config import log2_size
 
@@ -27,15 +27,10 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, img):
-        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         n = log2_size(self.size) - 2
         if img.shape[1:] != (self.size, self.size, 3):
             raise ValueError(f"encoder expects (B, {self.size}, {self.size}, 3) images, got {img.shape}")
-        ch = self.channels[::-1]  # ch[i] = channels at resolution size / 2**i
-        out = ConvLayer(ch[0], 1, name="convs_0", **kw)(img)
-        feats = [out]
-        for i in range(1, n + 1):
-            out = ResBlock(ch[i], name=f"convs_{i}", **kw)(out)
-            feats.append(out)
-        w = EqualConv2d(self.style_dim, 4, use_bias=False, name=f"convs_{n + 1}", **kw)(out)
+        feats = residual_pyramid(img, self.channels, self.dtype, self.param_dtype)
+        w = EqualConv2d(self.style_dim, 4, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                        name=f"convs_{n + 1}")(feats[-1])
         return w.reshape(w.shape[0], self.style_dim), tuple(feats[-2::-1])
