@@ -32,6 +32,7 @@ EXTRAS = {
         "apache-beam>=2.60",  # distributed preprocessing through the TFDS builders.
         "pillow",
         "msgpack",  # the clip record encoding (no pickle in shards)
+        "psutil",  # CPU accounting of loader worker processes (launch.benchmark_loaders)
     ],
     # Writing official-layout .pt files (export). Reading .pt never needs torch.
     "torch": ["torch>=2.1"],

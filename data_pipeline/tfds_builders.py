@@ -187,7 +187,8 @@ BUILDERS: Dict[str, type] = {"mead": MeadClips, "hdtf": HdtfClips, "folder": Fol
 class TfdsClips:
     """Random access to the clips of one split of a TFDS-built dataset, with ClipStore's
     reading interface: `record(i)` (frames as JPEG bytes, also `[i]`), `clip(i)` (frames
-    decoded), `meta(i)`, `indices_by(key)`, `len()`. Pickles cheaply (reopened lazily in
+    decoded), `meta(i)`, `indices_by(key)`, `global_index(i)`, `len()`; the grain loaders
+    of stages 1-3 read it like a shard directory. Pickles cheaply (reopened lazily in
     each process). TFDS keeps no separate meta index: the first `indices_by` reads every
     record once."""
 
@@ -209,6 +210,14 @@ class TfdsClips:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_source": None}
+
+    @property
+    def shards_dir(self) -> str:  # the loaders name their data by this
+        return self.builder_dir
+
+    def global_index(self, i: int) -> int:
+        """Index within the split: TFDS splits are separate sources (no global manifest)."""
+        return i
 
     def __len__(self) -> int:
         return len(self.source)

@@ -61,6 +61,26 @@ def drive(model: Generator, variables, source: Dict[str, Any], **drivers) -> Dic
     return out
 
 
+def coefficient_fn(model: Generator, variables, parts=("lip", "pose"), batch_size: int = 64):
+    """A host-side function: frames float32 (N, S, S, 3) in [-1, 1] -> {part: (N, K) numpy}
+    (bank coefficients of each frame, e.g. the stage-4 lip/pose targets), jitted at a fixed
+    batch size (a short last batch is padded)."""
+    variables = jax.device_put(variables)
+
+    @jax.jit
+    def coeffs(x):
+        latent = model.apply(variables, x, method=Generator.encode)["latent"]
+        return model.apply(variables, latent, tuple(parts), method=Generator.coefficients)
+
+    def fn(frames: np.ndarray) -> Dict[str, np.ndarray]:
+        n = len(frames)
+        if n < batch_size:
+            frames = np.concatenate([frames, np.zeros((batch_size - n, *frames.shape[1:]), frames.dtype)])
+        return {k: np.asarray(v)[:n] for k, v in coeffs(frames).items()}
+
+    return fn
+
+
 def smooth_coefficients(alpha, kernel: Optional[np.ndarray] = None):
     """Official temporal smoothing of audio-predicted coefficients: depthwise 1-d
     convolution over time (axis -2) with zero padding, so the first and last frames keep

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 import data_pipeline
 
-from data_pipeline import audio, datasets, preprocess, shards, tfds_builders, video_io
+from data_pipeline import audio, datasets, loaders, preprocess, shards, tfds_builders, video_io
 from data_pipeline.preprocess import PreprocessOptions
 
 OPTIONS = PreprocessOptions(size=64, clip_seconds=0.8, min_clip_seconds=0.4)
@@ -77,6 +77,10 @@ def test_folder_builder_local_pool_matches_run_local(samples_dir, tmp_path):
     # The package-level reader API opens TFDS-built directories too (train split).
     assert data_pipeline.num_clips(builder.data_dir) == len(source)
     np.testing.assert_array_equal(data_pipeline.read_clip(builder.data_dir, 0)["frames"], clip["frames"])
+    # ... and so do the grain loaders.
+    it = loaders.make_loader(loaders.LoaderConfig(shards_dir=builder.data_dir, stage=1, batch_size=2, image_size=64))
+    batch = next(it)
+    assert batch["source"].shape == (2, 64, 64, 3) and batch["source"].dtype == np.float32
 
 
 def test_mead_builder_with_beam_splits_by_actor(samples_dir, tmp_path):

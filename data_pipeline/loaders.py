@@ -1,0 +1,284 @@
+"""Grain loaders for the four training stages (batch layouts at the end of this docstring).
+
+Pipeline (grain's MapDataset API, chosen because every step is index-addressed):
+
+    MapDataset.range(clips of this process)  .shuffle(seed)  .repeat(num_epochs)
+      .map_with_index(-> (epoch, clip))  .map(stages.Sampler)  .batch(B, _Collate)
+      .to_iter_dataset(ReadOptions)  .mp_prefetch(workers)  -> LoaderIterator
+
+Batches are formed inside the MapDataset, before `mp_prefetch` slices the work among
+worker processes, so batch k holds the same samples whatever the worker count; each
+sample's randomness depends only on (seed, stage, epoch, clip) (data_pipeline.stages).
+With workers, images cross processes as uint8 (4x less shared memory) and the
+LoaderIterator converts them to float32; the values are the same either way.
+The iterator state (grain's, plus the skip counters) is a small JSON dict: checkpoint it
+with orbax through `grain.checkpoint.CheckpointSave(iterator)` /
+`CheckpointRestore(iterator)`.
+
+Multi-host: process p of n takes every n-th usable clip from p (the same count per
+process, so every process yields the same number of batches); the global batch is the
+process batches concatenated (`to_global_arrays`). Partner clips (stage 1 source/target,
+stage 2 clip B) may come from any process's share.
+
+Batch keys (numpy, leading per-process batch dim B; images NHWC float32 in [-1, 1], or
+uint8 with `dtype="uint8"`), plus `index` (B,) int32 global clip index:
+  stage 1: source, target
+  stage 2: a_identity, a, b_identity, b, mouth_a_on_b, mouth_b_on_a
+  stage 3: identity, target, emotion (B,) int32 (schema.emotion_label), level (B,) int32
+  stage 4: frames (B, T, H, W, 3), mel (B, T, 80, 16), identity, mouth_boxes (B, T, 4)
+           float32 (x1, y1, x2, y2) pixels, lip_targets (B, T, 20), pose_targets (B, T, 6)
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import dataclasses
+import functools
+import logging
+from typing import Any, Mapping, Sequence
+
+import grain
+import numpy as np
+
+from data_pipeline import shards, stages, targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoaderConfig:
+    shards_dir: str
+    stage: int = 1
+    split: str | None = "train"  # None: every clip of the manifest
+    batch_size: int = 8  # per process
+    image_size: int = 256  # frames are resized when the shards differ
+    seed: int = 0
+    num_epochs: int | None = None  # None: repeat forever
+    shuffle: bool = True
+    drop_remainder: bool = True  # only matters for a finite num_epochs
+    worker_count: int = 0  # grain worker processes; 0 = in this process
+    prefetch: int = 2  # batches buffered per worker (and by the reading threads)
+    read_threads: int = 1  # threads computing batches inside each worker (or in-process)
+    dtype: str = "float32"  # image dtype: "float32" in [-1, 1] or "uint8" (convert on device)
+    T: int = 5  # stage 4: consecutive frames per sample
+    targets: str = "lip_pose"  # stage 4: name of the stored targets (data_pipeline.targets)
+    mouth_margin: float = 0.25  # stage 4: mouth box growth per side, fraction of its side
+    exclude_neutral: bool = False  # stage 3: drop neutral clips
+    datasets: tuple[str, ...] | None = None  # only clips of these meta "dataset" values
+    shard_index: int | None = None  # default jax.process_index()
+    shard_count: int | None = None  # default jax.process_count()
+    tune_malloc: bool = True  # glibc memory reuse where batches are made (_tune_malloc)
+
+
+class LoaderError(ValueError):
+    """A configuration or dataset the loader cannot serve; names the shards dir."""
+
+
+def to_float(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 images -> float32 in [-1, 1]: x / 127.5 - 1."""
+    out = np.divide(images, np.float32(127.5), out=out, dtype=np.float32)
+    out -= 1
+    return out
+
+
+class _Collate:
+    """Samples -> batch: stacks every key, converts the image keys to float32 in [-1, 1]
+    when `convert`, and gathers the skips."""
+
+    def __init__(self, image_keys: tuple[str, ...], convert: bool):
+        self.image_keys, self.convert = image_keys, convert
+
+    def __call__(self, samples: Sequence[dict]) -> dict:
+        batch = {}
+        for key in samples[0]:
+            if key == "skips":
+                continue
+            first = np.asarray(samples[0][key])
+            convert = self.convert and key in self.image_keys
+            out = np.empty((len(samples), *first.shape), np.float32 if convert else first.dtype)
+            for j, s in enumerate(samples):
+                if convert:
+                    to_float(s[key], out[j])
+                else:
+                    out[j] = s[key]
+            batch[key] = out
+        batch["skips"] = [skip for s in samples for skip in s["skips"]]
+        return batch
+
+
+def _tune_malloc() -> None:
+    """glibc keeps freed memory for reuse (allocations below 256 MB from the heap, trimmed
+    only above 256 MB) instead of returning every multi-MB record and batch buffer to the
+    OS: re-faulting those pages dominated the loader's time in a sandboxed VM (a 3 MB
+    record read took 5-8 ms instead of ~1 ms)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+        libc.mallopt(-2, 64 << 20)  # M_TOP_PAD
+        libc.mallopt(-3, 256 << 20)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+def _init_loading_process(malloc: bool, *worker_index_and_count: int) -> None:
+    """In each process that draws samples: one OpenCV thread (processes are the
+    parallelism) and, with `malloc`, `_tune_malloc`."""
+    import cv2
+
+    del worker_index_and_count  # grain passes (worker index, worker count)
+    cv2.setNumThreads(1)
+    if malloc:
+        _tune_malloc()
+
+
+class LoaderIterator(grain.DatasetIterator):
+    """The batches of one stage. `stats` counts batches, samples and skips (by kind, with
+    the latest messages); `excluded` counts clips left out up front, by reason."""
+
+    def __init__(self, inner: grain.DatasetIterator, *, num_clips: int, batches_per_epoch: int,
+                 excluded: Mapping[str, int], convert_keys: tuple[str, ...] = ()):
+        super().__init__(inner)
+        self.convert_keys = convert_keys
+        self.num_clips = num_clips
+        self.batches_per_epoch = batches_per_epoch
+        self.excluded = dict(excluded)
+        self.stats: dict[str, Any] = {"batches": 0, "samples": 0, "skipped": {}, "recent_skips": []}
+
+    def __next__(self) -> dict:
+        batch = next(self._parent)
+        skips = batch.pop("skips")
+        for key in self.convert_keys:
+            batch[key] = to_float(batch[key])
+        self.stats["batches"] += 1
+        self.stats["samples"] += len(batch["index"])
+        for kind, message in skips:
+            self.stats["skipped"][kind] = self.stats["skipped"].get(kind, 0) + 1
+            log.warning("skipped (%s): %s", kind, message)
+        self.stats["recent_skips"] = (self.stats["recent_skips"] + [m for _, m in skips])[-20:]
+        return batch
+
+    def get_state(self) -> dict:
+        return {"pipeline": self._parent.get_state(), "stats": copy.deepcopy(self.stats)}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["pipeline"])
+        self.stats = state["stats"]
+
+
+def _shard(cfg: LoaderConfig) -> tuple[int, int]:
+    if cfg.shard_index is not None and cfg.shard_count is not None:
+        index, count = cfg.shard_index, cfg.shard_count
+    else:
+        import jax
+
+        index, count = jax.process_index(), jax.process_count()
+    if not 0 <= index < count:
+        raise LoaderError(f"shard_index {index} not in [0, {count})")
+    return index, count
+
+
+def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
+    """The batch iterator of stage `cfg.stage` (module docstring). `store` defaults to
+    `shards.open_clips(cfg.shards_dir, cfg.split)`: a shard directory or a TFDS-built dataset
+    directory (stages 1-3; stage-4 targets need a shard directory)."""
+    if cfg.stage not in stages.IMAGE_KEYS:
+        raise LoaderError(f"stage {cfg.stage}: expected one of {sorted(stages.IMAGE_KEYS)}")
+    if cfg.dtype not in ("float32", "uint8"):
+        raise LoaderError(f"dtype {cfg.dtype!r}: expected 'float32' or 'uint8'")
+    if min(cfg.batch_size, cfg.T, cfg.image_size, cfg.prefetch, cfg.read_threads) < 1:
+        raise LoaderError(f"batch_size, T, image_size, prefetch and read_threads must be >= 1: "
+                          f"{cfg}")
+    where = f"{cfg.shards_dir} (split {cfg.split})"
+    store = shards.open_clips(cfg.shards_dir, cfg.split) if store is None else store
+    if len(store) == 0:
+        raise LoaderError(f"{where}: no clips")
+    target_store = targets.load_targets(cfg.shards_dir, cfg.targets) if cfg.stage == 4 else None
+    usable, excluded = stages.usable_clips(store, cfg, target_store)
+    if excluded:
+        log.info("%s stage %d: excluded clips %s", where, cfg.stage, excluded)
+    if len(usable) == 0:
+        raise LoaderError(f"{where}: no clip is usable for stage {cfg.stage} "
+                          f"(excluded: {excluded})")
+    index, count = _shard(cfg)
+    per_process = len(usable) // count
+    if per_process == 0:
+        raise LoaderError(f"{where}: {len(usable)} usable clips for {count} processes")
+    own = usable[index::count][:per_process]
+    sampler = stages.Sampler(store, cfg, usable, own, target_store)
+    if cfg.stage == 2 and len(sampler.speaker_keys) < 2:
+        raise LoaderError(f"{where}: stage 2 needs clips of two speakers at least, found "
+                          f"{sampler.speaker_keys}")
+
+    ds = grain.MapDataset.range(per_process)
+    if cfg.shuffle:
+        ds = ds.shuffle(cfg.seed)
+    ds = ds.repeat(cfg.num_epochs)
+    ds = ds.map_with_index(lambda k, pos: (k // per_process, int(own[pos % per_process])))
+    ds = ds.map(sampler)
+    keys = stages.IMAGE_KEYS[cfg.stage]
+    convert = cfg.dtype == "float32"
+    ds = ds.batch(cfg.batch_size, drop_remainder=cfg.drop_remainder,
+                  batch_fn=_Collate(keys, convert and cfg.worker_count == 0))
+    it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads,
+                                                 prefetch_buffer_size=cfg.prefetch))
+    if cfg.worker_count > 0:
+        _mark_absl_flags_parsed()
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=cfg.worker_count,
+                                         per_worker_buffer_size=cfg.prefetch),
+            worker_init_fn=functools.partial(_init_loading_process, cfg.tune_malloc))
+        if convert and cfg.tune_malloc:
+            _tune_malloc()  # the float batches are allocated here
+    else:
+        _init_loading_process(cfg.tune_malloc)
+    per_epoch = (per_process // cfg.batch_size if cfg.drop_remainder
+                 else -(-per_process // cfg.batch_size))
+    return LoaderIterator(iter(it_ds), num_clips=per_process, batches_per_epoch=per_epoch,
+                          excluded=excluded,
+                          convert_keys=keys if convert and cfg.worker_count > 0 else ())
+
+
+def _mark_absl_flags_parsed() -> None:
+    """grain workers read absl flags; a script that never ran absl.app would fail there."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def stage1_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
+    """Encoder + generator pretraining (LIA): source, target."""
+    return make_loader(dataclasses.replace(cfg, stage=1), store)
+
+
+def stage2_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
+    """Mouth-pose decoupling: clips A and B of two speakers and the two mouth swaps."""
+    return make_loader(dataclasses.replace(cfg, stage=2), store)
+
+
+def stage3_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
+    """Expression decoupling: identity, target of one emotional clip, emotion, level."""
+    return make_loader(dataclasses.replace(cfg, stage=3), store)
+
+
+def stage4_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
+    """Audio-to-lip: T consecutive frames, mel windows, mouth boxes, lip/pose targets."""
+    return make_loader(dataclasses.replace(cfg, stage=4), store)
+
+
+def to_global_arrays(batch: Mapping[str, np.ndarray], sharding) -> dict:
+    """Global jax.Arrays from this process's batch (every process calls it with its own
+    batch): the leading dims are concatenated across processes. `sharding` is one
+    jax.sharding.Sharding for every key or a mapping key -> Sharding."""
+    import jax
+
+    out = {}
+    for key, value in batch.items():
+        s = sharding[key] if isinstance(sharding, Mapping) else sharding
+        out[key] = jax.make_array_from_process_local_data(s, np.asarray(value))
+    return out
+
+
+__all__ = ["LoaderConfig", "LoaderError", "LoaderIterator", "make_loader", "stage1_loader",
+           "stage2_loader", "stage3_loader", "stage4_loader", "to_global_arrays"]

@@ -1,0 +1,211 @@
+"""Per-stage samples (edtalk_spec.md §3): which clips a stage uses and how one sample is
+drawn from a clip. The grain plumbing is in data_pipeline.loaders.
+
+A sampler maps (epoch, clip) to a dict of numpy arrays, images uint8 (H, W, 3) at the
+configured size. Its randomness is `np.random.default_rng([seed, stage, epoch, global
+clip index])`, so a sample does not depend on worker count or iteration order. A clip
+that cannot be used (unreadable record, undecodable frame, missing targets) is a counted
+skip: the sampler records the reason and draws a replacement clip from its own shard
+with the same generator, so batches keep their size and stay deterministic.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from data_pipeline import mouth_swap, schema, shards, targets
+
+# The image keys of each stage's samples (uint8 until the batch is converted).
+IMAGE_KEYS = {
+    1: ("source", "target"),
+    2: ("a_identity", "a", "b_identity", "b", "mouth_a_on_b", "mouth_b_on_a"),
+    3: ("identity", "target"),
+    4: ("frames", "identity"),
+}
+MAX_ATTEMPTS = 16
+
+
+def min_frames(stage: int, t: int) -> int:
+    """Frames a clip needs: two distinct frames, or T consecutive ones for stage 4."""
+    return t if stage == 4 else 2
+
+
+def usable_clips(store, cfg, target_store=None) -> tuple[np.ndarray, dict[str, int]]:
+    """(store indices of the clips stage `cfg.stage` can use, {reason: count} of the
+    others). Only the manifest is read."""
+    excluded: dict[str, int] = {}
+    usable = []
+    need = min_frames(cfg.stage, cfg.T)
+    for i in range(len(store)):
+        meta = store.meta(i)
+        if cfg.datasets is not None and meta["dataset"] not in cfg.datasets:
+            reason = "other_dataset"
+        elif meta["num_frames"] < need:
+            reason = f"too_short(<{need})"
+        elif cfg.stage == 3 and not meta["emotion"]:
+            reason = "no_emotion"
+        elif cfg.stage == 3 and cfg.exclude_neutral and meta["emotion"] == "neutral":
+            reason = "neutral"
+        elif target_store is not None and store.global_index(i) in target_store.bad_clips:
+            reason = "no_targets"
+        else:
+            usable.append(i)
+            continue
+        excluded[reason] = excluded.get(reason, 0) + 1
+    return np.asarray(usable, np.int64), excluded
+
+
+def _skip_kind(error: Exception) -> str:
+    if isinstance(error, targets.TargetsError):
+        return "no_targets"
+    if isinstance(error, shards.ShardError):
+        return "unreadable"
+    return "bad_data"
+
+
+class Sampler:
+    """Draws one stage's samples from a ClipStore (see the module docstring).
+
+    `usable` are the store indices the stage may use (partners come from all of them);
+    replacements for skipped clips come from `own` (this process's shard)."""
+
+    def __init__(self, store, cfg, usable: np.ndarray, own: np.ndarray, target_store=None):
+        self.store = store
+        self.stage, self.seed, self.size, self.t = cfg.stage, cfg.seed, cfg.image_size, cfg.T
+        self.mouth_margin = cfg.mouth_margin
+        self.own = np.asarray(own, np.int64)
+        self.targets = target_store
+        speakers: dict[tuple[str, str], list[int]] = {}
+        for i in usable:
+            meta = store.meta(int(i))
+            speakers.setdefault((meta["dataset"], meta["speaker"]), []).append(int(i))
+        self.speaker_keys = sorted(speakers)
+        self.speaker_clips = [np.asarray(speakers[k], np.int64) for k in self.speaker_keys]
+        neutral = {int(i) for i in usable if store.meta(int(i))["emotion"] == "neutral"}
+        self.neutral_clips = [np.asarray([i for i in c if i in neutral], np.int64)
+                              for c in self.speaker_clips]
+        self.speaker_of = {int(i): s for s, c in enumerate(self.speaker_clips) for i in c}
+        draws = {1: self._stage1, 2: self._stage2, 3: self._stage3, 4: self._stage4}
+        self._draw = draws[self.stage]
+
+    def __call__(self, item: tuple[int, int]) -> dict:
+        """(epoch, store index) -> sample dict with "index" (global clip index of the
+        sample's clip) and "skips" (list of (kind, message) for replaced clips)."""
+        epoch, i = item
+        rng = np.random.default_rng([self.seed, self.stage, epoch, self.store.global_index(i)])
+        skips = []
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                sample = self._draw(i, rng)
+            except (shards.ShardError, ValueError, cv2.error) as e:
+                skips.append((_skip_kind(e), f"sample of clip {self.store.global_index(i)}: {e}"))
+                i = int(self.own[rng.integers(len(self.own))])
+                continue
+            sample["index"] = np.int32(self.store.global_index(i))
+            sample["skips"] = skips
+            return sample
+        raise RuntimeError(f"{self.store.shards_dir}: {MAX_ATTEMPTS} clips in a row could not "
+                           f"be used; the last errors: {[m for _, m in skips[-3:]]}")
+
+    # --- helpers ---------------------------------------------------------------------
+
+    def _images(self, record: dict, indices) -> tuple[np.ndarray, float]:
+        """Decoded frames uint8 (n, H, W, 3) at their stored size, and the scale factor
+        to the output size (for landmarks)."""
+        frames = shards.decode_jpegs(record["frames"], indices)
+        native = record["meta"]["size"]
+        if frames.shape[1:3] != (native, native):
+            raise ValueError(f"frame is {frames.shape[2]}x{frames.shape[1]}, meta size {native}")
+        return frames, self.size / native
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        if img.shape[0] == self.size and img.shape[1] == self.size:
+            return img
+        interp = cv2.INTER_AREA if img.shape[0] > self.size else cv2.INTER_CUBIC
+        return cv2.resize(img, (self.size, self.size), interpolation=interp)
+
+    def _frames(self, record: dict, indices) -> np.ndarray:
+        frames, _ = self._images(record, indices)
+        return np.stack([self._resize(f) for f in frames])
+
+    @staticmethod
+    def _two(rng, n: int) -> np.ndarray:
+        return rng.choice(n, 2, replace=False)
+
+    def _speaker(self, i: int) -> int:
+        return self.speaker_of[int(i)]
+
+    # --- stages ----------------------------------------------------------------------
+
+    def _stage1(self, i: int, rng) -> dict:
+        """MEAD-style clips (emotion known): source from a random neutral clip of the
+        speaker (any clip when none is neutral), target from a random clip of the
+        speaker. Others (HDTF): two random frames of one random clip of the speaker."""
+        s = self._speaker(i)
+        clips = self.speaker_clips[s]
+        if self.store.meta(i)["emotion"]:
+            pool = self.neutral_clips[s] if len(self.neutral_clips[s]) else clips
+            src = self.store.record(int(rng.choice(pool)))
+            tgt = self.store.record(int(rng.choice(clips)))
+            source = self._frames(src, [rng.integers(len(src["frames"]))])[0]
+            target = self._frames(tgt, [rng.integers(len(tgt["frames"]))])[0]
+        else:
+            rec = self.store.record(int(rng.choice(clips)))
+            source, target = self._frames(rec, self._two(rng, len(rec["frames"])))
+        return {"source": source, "target": target}
+
+    def _stage2(self, i: int, rng) -> dict:
+        """Clip A = clip i, clip B = a random clip of a random other speaker; two frames
+        of each and the two mouth swaps (official get_IA_MB at full frame size)."""
+        s = self._speaker(i)
+        other = int(rng.integers(len(self.speaker_clips) - 1))
+        other += other >= s
+        rec_a = self.store.record(i)
+        rec_b = self.store.record(int(rng.choice(self.speaker_clips[other])))
+        fa, fb = self._two(rng, len(rec_a["frames"])), self._two(rng, len(rec_b["frames"]))
+        (a_id, a), _ = self._images(rec_a, fa)
+        (b_id, b), _ = self._images(rec_b, fb)
+        la, lb = rec_a["landmarks"][fa[1]], rec_b["landmarks"][fb[1]]
+        out = {"a_identity": a_id, "a": a, "b_identity": b_id, "b": b,
+               "mouth_a_on_b": mouth_swap.swap_mouth(a, la, b, lb),
+               "mouth_b_on_a": mouth_swap.swap_mouth(b, lb, a, la)}
+        return {k: self._resize(v) for k, v in out.items()}
+
+    def _stage3(self, i: int, rng) -> dict:
+        """Identity and target: two random frames of the (emotional) clip i."""
+        rec = self.store.record(i)
+        identity, target = self._frames(rec, self._two(rng, len(rec["frames"])))
+        meta = rec["meta"]
+        return {"identity": identity, "target": target,
+                "emotion": np.int32(schema.emotion_label(meta["emotion"])),
+                "level": np.int32(meta["level"])}
+
+    def _stage4(self, i: int, rng) -> dict:
+        """T consecutive frames from a random start, their mel windows, mouth boxes and
+        stored lip/pose targets, and a random identity frame of the same clip."""
+        rec = self.store.record(i)
+        n = len(rec["frames"])
+        start = int(rng.integers(n - self.t + 1))
+        span = np.arange(start, start + self.t)
+        lip, pose = self.targets.get(self.store.global_index(i))
+        if len(lip) != n or not (np.isfinite(lip[span]).all() and np.isfinite(pose[span]).all()):
+            raise targets.TargetsError(f"targets of {len(lip)} frames (clip has {n}) or not finite")
+        if not np.isfinite(rec["landmarks"][span]).all():
+            raise ValueError(f"landmarks of frames {start}..{start + self.t - 1} are not finite")
+        decoded, scale = self._images(rec, [int(rng.integers(n)), *span])
+        boxes = np.stack([square_mouth_box(rec["landmarks"][k] * scale, self.mouth_margin,
+                                           self.size) for k in span])
+        return {"frames": np.stack([self._resize(f) for f in decoded[1:]]),
+                "mel": rec["mel_windows"][span], "identity": self._resize(decoded[0]),
+                "mouth_boxes": boxes, "lip_targets": lip[span], "pose_targets": pose[span]}
+
+
+def square_mouth_box(landmarks: np.ndarray, margin: float, size: int) -> np.ndarray:
+    """float32 (x1, y1, x2, y2): the square of side max(w, h) * (1 + 2 * margin) centred
+    on the bounding box of landmarks 48-67, moved inside the size x size frame."""
+    mouth = np.asarray(landmarks, np.float64)[list(schema.MOUTH)]
+    lo, hi = mouth.min(0), mouth.max(0)
+    side = min(float((hi - lo).max()) * (1 + 2 * margin), float(size))
+    corner = np.clip((lo + hi) / 2 - side / 2, 0, size - side)
+    return np.array([corner[0], corner[1], corner[0] + side, corner[1] + side], np.float32)

@@ -1,0 +1,379 @@
+"""Stage loaders: layouts, sampling rules, determinism, workers, sharding, resume, skips."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import grain
+import jax
+import msgpack
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import data_pipeline
+from data_pipeline import loaders, mouth_swap, schema, shards, stages, synthetic, targets
+
+SIZE = 64
+
+
+def _coeffs(frames):
+    grid = frames[:, ::8, ::8, 1].reshape(len(frames), -1)
+    feats = np.concatenate([frames.mean((1, 2)), grid], 1)
+    return {"lip": feats[:, :20], "pose": feats[:, 20:26]}
+
+
+def _rewrite(src: str, dst: str, edit) -> None:
+    """Copies shard `src` to `dst`, passing every clip dict (frames as JPEG bytes) through
+    edit(clip, k) -> clip, or -> raw record dict for deliberately broken records."""
+    reader = shards.open_reader(src)
+    with shards.ShardWriter(dst) as writer:
+        for k in range(reader.num_records()):
+            data = shards.read_record(reader, src, k)
+            out = edit(shards.decode_clip(data, decode_frames=False), k)
+            if "arrays" in out:  # a broken raw record
+                writer.write_encoded(msgpack.packb(out, use_bin_type=True))
+            else:
+                writer.write(out)
+    reader.close()
+
+
+def _as_hdtf(clip, k):
+    """An HDTF-like clip (no emotion) of speaker H000, mirrored so its frames are new."""
+    frames = [shards.encode_jpeg(shards.decode_jpeg(f)[:, ::-1].copy()) for f in clip["frames"]]
+    lmk = clip["landmarks"].copy()
+    lmk[..., 0] = SIZE - 1 - lmk[..., 0]
+    meta = dict(clip["meta"], dataset="hdtf", speaker="H000", clip_id=f"H000#{k}", emotion="",
+                level=0)
+    return dict(clip, frames=frames, landmarks=lmk, meta=meta)
+
+
+def _raw(clip) -> dict:
+    arrays = {n: [clip[n].dtype.str, list(clip[n].shape), clip[n].tobytes()] for n in
+              ("mel_windows", "landmarks", "landmark_valid", "audio", "factors")}
+    return {"version": 1, "meta": clip["meta"], "arrays": arrays, "frames": clip["frames"]}
+
+
+def _broken(clip, k):
+    """Clip 0: truncated landmarks (unreadable); 1: frames that are not JPEGs (bad data);
+    2: a one-frame clip (too short for every stage)."""
+    meta = dict(clip["meta"], speaker="BAD", clip_id=f"BAD#{k}")
+    if k == 0:
+        raw = _raw(dict(clip, meta=meta))
+        raw["arrays"]["landmarks"][2] = raw["arrays"]["landmarks"][2][:100]
+        return raw
+    if k == 1:
+        return _raw(dict(clip, meta=meta, frames=[b"\xff\xd8 not a jpeg"] * len(clip["frames"])))
+    one = {n: clip[n][:1] for n in ("mel_windows", "landmarks", "landmark_valid", "factors")}
+    return dict(clip, **one, frames=clip["frames"][:1],
+                audio=clip["audio"][:schema.SAMPLES_PER_FRAME], meta=dict(meta, num_frames=1))
+
+
+def _index(path):
+    shards.write_manifest(path)
+    shards.write_splits(path, other="train")  # everything in train, an empty test split
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loaders")
+    main, bad, hdtf = str(root / "main"), str(root / "bad"), str(root / "hdtf")
+    cfg = synthetic.SyntheticConfig(num_speakers=3, clips_per_speaker=3, frames_per_clip=8,
+                                    size=SIZE)
+    synthetic.write_dataset(cfg, main, workers=1, progress=False)
+    s000 = os.path.join(main, "synthetic", "S000" + shards.SHARD_SUFFIX)
+    _rewrite(s000, os.path.join(main, "hdtf", "H000" + shards.SHARD_SUFFIX), _as_hdtf)
+    _index(main)
+    targets.compute_targets(main, "t", _coeffs, progress=False)
+    _rewrite(s000, os.path.join(hdtf, "hdtf", "H000" + shards.SHARD_SUFFIX), _as_hdtf)
+    _index(hdtf)
+    _rewrite(s000, os.path.join(bad, "synthetic", "S000" + shards.SHARD_SUFFIX), lambda c, k: c)
+    _rewrite(s000, os.path.join(bad, "synthetic", "S001" + shards.SHARD_SUFFIX),
+             lambda c, k: dict(c, meta=dict(c["meta"], speaker="S001", clip_id=f"S001#{k}")))
+    _rewrite(s000, os.path.join(bad, "synthetic", "ZBAD" + shards.SHARD_SUFFIX), _broken)
+    _index(bad)
+    targets.compute_targets(bad, "t", _coeffs, progress=False)
+    n = data_pipeline.num_clips(main)
+    clips = [data_pipeline.read_clip(main, g) for g in range(n)]
+    return {"main": main, "bad": bad, "hdtf": hdtf, "clips": clips}
+
+
+def _cfg(path, stage, **kw):
+    kw = {"split": None, "batch_size": 4, "image_size": SIZE, "targets": "t", **kw}
+    return loaders.LoaderConfig(path, stage=stage, **kw)
+
+
+def _take(cfg, n):
+    it = loaders.make_loader(cfg)
+    # Copies: batches from workers live in shared memory that the iterator owns.
+    out = [{k: np.array(v) for k, v in next(it).items()} for _ in range(n)]
+    it.close()
+    return out
+
+
+def _where(frames, img):
+    """Indices of the frames equal to img."""
+    return np.flatnonzero((frames == img).all((1, 2, 3)))
+
+
+BATCH_SHAPES = {
+    1: {"source": (SIZE, SIZE, 3), "target": (SIZE, SIZE, 3)},
+    2: {k: (SIZE, SIZE, 3) for k in stages.IMAGE_KEYS[2]},
+    3: {"identity": (SIZE, SIZE, 3), "target": (SIZE, SIZE, 3), "emotion": (), "level": ()},
+    4: {"frames": (5, SIZE, SIZE, 3), "mel": (5, 80, 16), "identity": (SIZE, SIZE, 3),
+        "mouth_boxes": (5, 4), "lip_targets": (5, 20), "pose_targets": (5, 6)},
+}
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_batch_layout(data, stage):
+    f32 = _take(_cfg(data["main"], stage), 2)
+    u8 = _take(_cfg(data["main"], stage, dtype="uint8"), 2)
+    for batch, raw in zip(f32, u8):
+        assert set(batch) == set(BATCH_SHAPES[stage]) | {"index"}
+        assert batch["index"].shape == (4,) and batch["index"].dtype == np.int32
+        for key, shape in BATCH_SHAPES[stage].items():
+            assert batch[key].shape == (4, *shape), key
+            if key in stages.IMAGE_KEYS[stage]:
+                assert batch[key].dtype == np.float32 and raw[key].dtype == np.uint8
+                assert -1 <= batch[key].min() < batch[key].max() <= 1
+                np.testing.assert_array_equal(batch[key], raw[key].astype(np.float32) / 127.5 - 1)
+            else:
+                assert batch[key].dtype == (np.int32 if key in ("emotion", "level") else np.float32)
+                np.testing.assert_array_equal(batch[key], raw[key])
+
+
+def test_resize_to_image_size(data):
+    batch = _take(_cfg(data["main"], 4, image_size=32), 1)[0]
+    assert batch["frames"].shape == (4, 5, 32, 32, 3) and batch["identity"].shape == (4, 32, 32, 3)
+    assert batch["mouth_boxes"].min() >= 0 and batch["mouth_boxes"].max() <= 32
+
+
+def test_same_seed_same_batches_other_seed_other_batches(data):
+    a, b = _take(_cfg(data["main"], 2, seed=3), 3), _take(_cfg(data["main"], 2, seed=3), 3)
+    c = _take(_cfg(data["main"], 2, seed=4), 3)
+    for x, y in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert any(not np.array_equal(x["a"], z["a"]) for x, z in zip(a, c))
+
+
+@pytest.mark.parametrize("stage", [2, 4])
+def test_two_workers_give_the_same_batches(data, stage):
+    ref = _take(_cfg(data["main"], stage, seed=5), 4)
+    got = _take(_cfg(data["main"], stage, seed=5, worker_count=2), 4)
+    for x, y in zip(ref, got):
+        assert x.keys() == y.keys()
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def _speaker(data, g):
+    return data["clips"][g]["meta"]["speaker"]
+
+
+def test_stage1_sampling_rules(data):
+    clips = data["clips"]
+    batches = _take(_cfg(data["main"], 1, dtype="uint8", batch_size=3), 8)
+    seen = set()
+    for batch in batches:
+        for j, g in enumerate(batch["index"]):
+            spk = _speaker(data, g)
+            same = [h for h in range(len(clips)) if _speaker(data, h) == spk]
+            if clips[g]["meta"]["emotion"]:
+                neutral = [h for h in same if clips[h]["meta"]["emotion"] == "neutral"]
+                assert any(len(_where(clips[h]["frames"], batch["source"][j])) for h in neutral)
+                assert any(len(_where(clips[h]["frames"], batch["target"][j])) for h in same)
+                seen.add("mead")
+            else:  # HDTF rule: two different frames of one clip of the speaker
+                both = [h for h in same if len(_where(clips[h]["frames"], batch["source"][j]))
+                        and len(_where(clips[h]["frames"], batch["target"][j]))]
+                assert both and not np.array_equal(batch["source"][j], batch["target"][j])
+                seen.add("hdtf")
+    assert seen == {"mead", "hdtf"}
+
+
+def test_stage2_partner_and_swaps(data):
+    clips = data["clips"]
+    for batch in _take(_cfg(data["main"], 2, dtype="uint8"), 3):
+        for j, g in enumerate(batch["index"]):
+            fa = [_where(clips[g]["frames"], batch[k][j]) for k in ("a_identity", "a")]
+            assert all(len(f) for f in fa) and fa[0][0] != fa[1][0]
+            hb = [h for h in range(len(clips)) if len(_where(clips[h]["frames"], batch["b"][j]))]
+            assert len(hb) == 1 and _speaker(data, hb[0]) != _speaker(data, g)
+            assert len(_where(clips[hb[0]]["frames"], batch["b_identity"][j]))
+            la = clips[g]["landmarks"][fa[1][0]]
+            lb = clips[hb[0]]["landmarks"][_where(clips[hb[0]]["frames"], batch["b"][j])[0]]
+            a, b = batch["a"][j], batch["b"][j]
+            np.testing.assert_array_equal(batch["mouth_a_on_b"][j],
+                                          mouth_swap.swap_mouth(a, la, b, lb))
+            np.testing.assert_array_equal(batch["mouth_b_on_a"][j],
+                                          mouth_swap.swap_mouth(b, lb, a, la))
+
+
+def test_stage2_needs_two_speakers(data):
+    with pytest.raises(loaders.LoaderError, match="two speakers"):
+        loaders.make_loader(_cfg(data["main"], 2, datasets=("hdtf",)))
+
+
+def test_stage3_labels_and_frames(data):
+    clips = data["clips"]
+    for batch in _take(_cfg(data["main"], 3, dtype="uint8", exclude_neutral=True), 3):
+        for j, g in enumerate(batch["index"]):
+            meta = clips[g]["meta"]
+            assert meta["emotion"] not in ("", "neutral")
+            assert batch["emotion"][j] == schema.emotion_label(meta["emotion"])
+            assert batch["level"][j] == meta["level"]
+            assert len(_where(clips[g]["frames"], batch["identity"][j]))
+            assert len(_where(clips[g]["frames"], batch["target"][j]))
+    it = loaders.make_loader(_cfg(data["main"], 3, exclude_neutral=True))
+    assert it.excluded == {"no_emotion": 3, "neutral": 3}
+
+
+def test_stage3_without_emotions_is_a_clear_error(data):
+    with pytest.raises(loaders.LoaderError, match=f"{data['hdtf']}.*no clip is usable for stage 3"):
+        loaders.make_loader(_cfg(data["hdtf"], 3))
+
+
+def test_stage4_consecutive_frames_and_aligned_targets(data):
+    clips, store = data["clips"], targets.load_targets(data["main"], "t")
+    for batch in _take(_cfg(data["main"], 4, dtype="uint8"), 3):
+        for j, g in enumerate(batch["index"]):
+            frames = clips[g]["frames"]
+            r = _where(frames, batch["frames"][j, 0])[0]
+            np.testing.assert_array_equal(batch["frames"][j], frames[r:r + 5])
+            assert len(_where(frames, batch["identity"][j]))
+            np.testing.assert_array_equal(batch["mel"][j], clips[g]["mel_windows"][r:r + 5])
+            lip, pose = store.get(int(g))
+            np.testing.assert_array_equal(batch["lip_targets"][j], lip[r:r + 5])
+            np.testing.assert_array_equal(batch["pose_targets"][j], pose[r:r + 5])
+            box, mouth = batch["mouth_boxes"][j], clips[g]["landmarks"][r:r + 5, 48:68]
+            np.testing.assert_allclose(box[:, 2] - box[:, 0], box[:, 3] - box[:, 1], rtol=1e-5)
+            assert (box[:, None, :2] <= mouth).all() and (mouth <= box[:, None, 2:]).all()
+            assert box.min() >= 0 and box.max() <= SIZE
+
+
+def test_stage4_missing_targets_name_the_command(data):
+    with pytest.raises(targets.TargetsError, match="launch.compute_targets"):
+        loaders.make_loader(_cfg(data["main"], 4, targets="nope"))
+
+
+def test_two_shards_are_disjoint_and_cover(data):
+    epochs = {}
+    for index in (0, 1):
+        cfg = _cfg(data["main"], 1, batch_size=1, num_epochs=1, shard_index=index, shard_count=2)
+        it = loaders.make_loader(cfg)
+        epochs[index] = [int(b["index"][0]) for b in it]
+        assert len(epochs[index]) == it.num_clips == it.batches_per_epoch == 6
+    assert not set(epochs[0]) & set(epochs[1])
+    assert sorted(epochs[0] + epochs[1]) == list(range(12))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_orbax_resume_gives_the_uninterrupted_batches(data, tmp_path, workers):
+    cfg = _cfg(data["main"], 2, worker_count=workers, seed=7)
+    reference = _take(cfg, 5)
+    it = loaders.make_loader(cfg)
+    for _ in range(3):
+        next(it)
+    manager = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
+    manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(it)))
+    manager.wait_until_finished()
+    it.close()
+    resumed = loaders.make_loader(cfg)
+    manager.restore(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(resumed)))
+    for want in reference[3:]:
+        got = next(resumed)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    assert resumed.stats["batches"] == 5
+    resumed.close()
+
+
+def test_bad_records_are_counted_skips(data):
+    it = loaders.make_loader(_cfg(data["bad"], 3, batch_size=2, num_epochs=3))
+    assert it.excluded == {"too_short(<2)": 1}
+    bad = {6, 7}  # ZBAD records 0 (unreadable) and 1 (frames that are not JPEGs)
+    samples = [g for batch in it for g in batch["index"]]
+    assert len(samples) == 3 * it.batches_per_epoch * 2 and not set(samples) & bad
+    assert it.stats["skipped"]["unreadable"] >= 3 and it.stats["skipped"]["bad_data"] >= 3
+    assert any("ZBAD" in m for m in it.stats["recent_skips"])
+
+
+def test_stage4_leaves_out_clips_without_targets(data):
+    info = targets.load_targets(data["bad"], "t").info
+    assert sorted(info["bad_clips"]) == ["6", "7"]
+    it = loaders.make_loader(_cfg(data["bad"], 4, batch_size=2, num_epochs=1))
+    assert it.excluded == {"too_short(<5)": 1, "no_targets": 2}
+    assert {int(g) for b in it for g in b["index"]} <= set(range(6))
+
+
+def test_empty_split_is_a_clear_error(data):
+    with pytest.raises(loaders.LoaderError, match=f"{data['main']}.*no clips"):
+        loaders.make_loader(_cfg(data["main"], 1, split="test"))
+
+
+def test_to_global_arrays(data):
+    batch = _take(_cfg(data["main"], 3), 1)[0]
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    arrays = loaders.to_global_arrays(batch, sharding)
+    for k, v in batch.items():
+        assert isinstance(arrays[k], jax.Array) and arrays[k].sharding == sharding
+        np.testing.assert_array_equal(np.asarray(arrays[k]), v)
+
+
+def test_benchmark_writes_the_loader_table(data, tmp_path):
+    from launch import benchmark_loaders
+
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## Data loaders\n\nNotes kept.\n\n## Other\n\nkept too\n")
+    argv = ["--shards", data["main"], "--targets", "t", "--size", str(SIZE), "--stages", "3",
+            "--workers", "0", "--warmup", "1", "--windows", "1", "--window_batches", "1",
+            "--rounds", "1", "--doc", str(doc)]
+    for _ in range(2):  # the second run replaces the first table
+        benchmark_loaders.main(argv)
+    text = doc.read_text()
+    assert text.count(benchmark_loaders.BEGIN) == 1 and "Notes kept." in text
+    row = text.index("| 3 | float32 | 0 |")
+    assert text.index("## Data loaders") < row < text.index("## Other")
+
+
+_PROCESS = """
+import json, os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, numpy as np
+from jax.experimental import multihost_utils
+port, pid, shards_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
+from data_pipeline import loaders
+cfg = loaders.LoaderConfig(shards_dir, stage=3, split=None, batch_size=2, image_size=64)
+batch = next(loaders.make_loader(cfg))  # shard index/count from jax
+mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+arrays = loaders.to_global_arrays(batch, sharding)
+index = multihost_utils.process_allgather(arrays["index"], tiled=True)
+print(json.dumps({"local": batch["index"].tolist(), "global": np.asarray(index).tolist(),
+                  "shape": list(arrays["identity"].shape)}))
+"""
+
+
+def test_two_processes_build_one_global_batch(data):
+    """Two jax processes: each loads its own clips; the global batch concatenates them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    procs = [subprocess.Popen([sys.executable, "-c", _PROCESS, port, str(i), data["main"]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert not set(outs[0]["local"]) & set(outs[1]["local"])
+    for out in outs:
+        assert out["global"] == outs[0]["local"] + outs[1]["local"]
+        assert out["shape"] == [4, SIZE, SIZE, 3]
