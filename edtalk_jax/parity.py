@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from edtalk_jax import convert_torch, inference
+from edtalk_jax import inference
 from edtalk_jax.models import build_model
 
 INPUT_KEYS = {

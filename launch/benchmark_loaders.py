@@ -19,7 +19,6 @@ import statistics
 import sys
 import time
 
-import numpy as np
 from absl import flags
 
 SECTION = "## Data loaders"

@@ -11,7 +11,7 @@ mode="free": the bases are W itself; orthogonality is encouraged by
 `orthogonality_loss` (||B^T B - I||_F^2 over all banks, within and across).
 """
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import flax.linen as nn
 import jax
