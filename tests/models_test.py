@@ -312,3 +312,15 @@ def test_size_errors():
         channel_table(64, channels=(8, 8, 8))
     assert channel_table(256) == (512, 512, 512, 512, 256, 128, 64)
     assert channel_table(64, 8) == (64, 64, 64, 64, 32)
+
+
+@pytest.mark.parametrize("size", [256, 512])
+def test_official_widths_at_large_sizes_trace(size):
+    """The official channel table (full widths) at 256² and 512², traced without compute:
+    every level's shapes line up and the image has the requested size."""
+    model = Generator(size, channel_table(size))
+    x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, x)
+    out = jax.eval_shape(model.apply, variables, x, x)
+    assert out["image"].shape == (1, size, size, 3)
+    assert variables["params"]["enc"]["convs_0"]["conv"]["weight"].shape == (1, 1, 3, channel_table(size)[-1])
