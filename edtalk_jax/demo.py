@@ -21,11 +21,16 @@ from edtalk_jax import inference, model_io
 from edtalk_jax.models import build_model, example_inputs
 
 
-def _model(kind: str, cfg: Dict[str, Any], checkpoint: Optional[str], seed: int, dtype):
+def _model(kinds, cfg: Dict[str, Any], checkpoint: Optional[str], seed: int, dtype):
+    """(model, variables, provenance): from `checkpoint` (its kind must be one of `kinds`)
+    or randomly initialised as kinds[0] with `cfg`."""
     if checkpoint:
-        found, cfg, variables = model_io.load_any(checkpoint, kind)
+        kind, cfg, variables = model_io.load_any(checkpoint)
+        if kind not in kinds:
+            raise ValueError(f"{checkpoint}: holds a {kind}, expected one of {kinds}")
         source = checkpoint
     else:
+        kind = kinds[0]
         model = build_model(kind, cfg)
         variables = jax.jit(model.init)(jax.random.PRNGKey(seed), *example_inputs(kind, cfg))
         source = "random init (no checkpoint given): the output is untrained"
@@ -71,8 +76,9 @@ def run_demo(config, workdir: str, checkpoint: Optional[str] = None, audio2lip: 
     synthetic.write_dataset(scfg, data_dir, workers=config.data.workers, progress=progress)
     data_seconds = time.perf_counter() - t0
 
-    model, variables, model_source = _model(kind, cfg, checkpoint, config.seed, dtype)
-    a2l, a2l_vars, a2l_source = _model("audio2lip", {"lip_dim": model.lip_dim}, audio2lip, config.seed, dtype)
+    kinds = (kind,) + tuple(k for k in ("generator", "lip_pose") if k != kind)  # a checkpoint decides
+    model, variables, model_source = _model(kinds, cfg, checkpoint, config.seed, dtype)
+    a2l, a2l_vars, a2l_source = _model(("audio2lip",), {"lip_dim": model.lip_dim}, audio2lip, config.seed, dtype)
     source_img = shards.ClipStore(data_dir, "train").clip(0)["frames"][:1]
     drive_clip = shards.ClipStore(data_dir, "test").clip(0)
     t = min(max_frames, len(drive_clip["frames"]))
@@ -84,8 +90,13 @@ def run_demo(config, workdir: str, checkpoint: Optional[str] = None, audio2lip: 
     source = encode(variables, jnp.asarray(source_img, jnp.float32) / 127.5 - 1)
     lip_alpha = inference.smooth_coefficients(
         jax.jit(a2l.apply)(a2l_vars, jnp.asarray(drive_clip["mel_windows"]))[None])[0]
-    expand = lambda s, **d: jax.tree_util.tree_map(lambda a: jnp.repeat(a, chunk, 0), s)
-    render = jax.jit(lambda s, **d: inference.drive(model, variables, expand(s), **d)["image"])
+
+    @jax.jit
+    def render_chunk(v, src, **drivers):  # weights are an argument, not baked-in constants
+        batch = jax.tree_util.tree_map(lambda a: jnp.repeat(a, chunk, 0), src)  # one source, `chunk` frames
+        return inference.drive(model, v, batch, **drivers)["image"]
+
+    render = lambda src, **drivers: render_chunk(variables, src, **drivers)
 
     modes = {"video": dict(lip_img=frames, pose_img=frames),
              "audio": dict(lip_alpha=np.asarray(lip_alpha), pose_img=frames)}
