@@ -1,0 +1,183 @@
+"""Models, constants and the initial train state of a run.
+
+Where parameters come from (docs/training.md), in this order: the workdir's latest
+checkpoint (resume), `resume_from` (another run's whole train state), `init_from`
+(parameters only, fresh optimizer), fresh initialisation. `init_from` and `resume_from`
+take a training workdir, one of its step directories, an official `.pt` or a
+`launch.convert` directory. From `init_from`, parameters whose path matches
+`init_keep` and exists with the same shape are copied; a kept path with another shape
+is an error naming it; the rest start fresh (a summary is logged). A QR-mode bank
+loaded into a free-mode model starts as its Q.
+"""
+
+import dataclasses
+import logging
+import re
+from typing import Any, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from edtalk_jax import checkpointing, model_io, optim
+from edtalk_jax.models import build_model
+from edtalk_jax.models.motion_bank import _qr_q
+from edtalk_jax.run_config import ConfigError
+from edtalk_jax.steps import common
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Source:
+    """A checkpoint to start from, read on the host."""
+    name: str  # the path as given
+    model: Dict[str, Any]  # its generator's model config (kind, size, channels, ...)
+    params: Dict[str, Any]  # {"gen", ["dis"], ["audio2lip"]} numpy trees
+    model_state: Dict[str, Any]  # {"gen": {"unused": ...}, "audio2lip": {"batch_stats": ...}}
+    state: Optional[Any] = None  # the whole train state tree (our checkpoints only)
+
+
+def _official(path: str) -> Source:
+    kind, cfg, variables = model_io.load_any(path)
+    params, model_state = {}, {}
+    if kind in ("generator", "lip_pose"):
+        params["gen"] = variables["params"]
+        model_state["gen"] = {k: v for k, v in variables.items() if k != "params"}
+        try:  # official training checkpoints also hold the discriminator
+            _, _, dis = model_io.load_any(path, "discriminator")
+            params["dis"] = dis["params"]
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            log.info("%s: no discriminator (%s); D starts fresh", path, str(e).split("\n")[0])
+    elif kind == "audio2lip":
+        params["audio2lip"] = variables["params"]
+        model_state["audio2lip"] = {k: v for k, v in variables.items() if k != "params"}
+    else:
+        raise ConfigError(f"{path}: holds a {kind}, not a generator or Audio2Lip checkpoint")
+    model = dict(cfg, kind=kind, bank_mode="qr", path=path)
+    return Source(path, model, params, model_state)
+
+
+def read_source(path: str, field: str) -> Source:
+    """An init/resume checkpoint of any accepted kind (module docstring)."""
+    try:
+        src = checkpointing.resolve(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"{field}: {e}") from None
+    if src.kind in ("official", "converted"):
+        return _official(src.path)
+    tree = checkpointing.read_state(src)
+    saved = checkpointing.read_config(src) or {}
+    model = dict(saved.get("resolved_model") or {}, path=path)
+    params = tree["ema"] if tree.get("ema") else {}
+    params = dict(tree["params"], **params)
+    return Source(path, model, params, dict(tree.get("model_state") or {}), state=tree)
+
+
+@dataclasses.dataclass
+class Models:
+    gen: Any
+    dis: Any
+    audio2lip: Any = None
+    perceptual: Any = None
+    syncnet: Any = None
+
+    def as_dict(self):
+        return {k: getattr(self, k) for k in ("gen", "dis", "audio2lip", "perceptual", "syncnet")
+                if getattr(self, k) is not None}
+
+
+def build_models(config, model_cfg: Dict[str, Any], weights: Dict[str, float]) -> Tuple[Models, Dict[str, Any]]:
+    """(modules, constants): the generator, discriminator, Audio2Lip for stage 4, and the
+    frozen loss networks (perceptual, SyncNet) with their variables in `consts`."""
+    dtype = jnp.dtype(config.model.dtype)
+    gen = build_model(model_cfg["kind"], model_cfg, dtype=dtype)
+    dis = build_model("discriminator", model_cfg, dtype=dtype)
+    models = Models(gen, dis)
+    consts: Dict[str, Any] = {}
+    if config.stage == "stage4":
+        models.audio2lip = build_model("audio2lip", {"lip_dim": model_cfg["lip_dim"]}, dtype=dtype)
+        if config.syncnet.path and weights.get("sync"):
+            from edtalk_jax.models import syncnet
+            models.syncnet = syncnet.SyncNet()
+            consts["syncnet"] = syncnet.load_syncnet(config.syncnet.path)
+    if weights.get("perceptual") or weights.get("cross_perceptual"):
+        from edtalk_jax import perceptual
+        cfg = dict(config.perceptual.to_dict(), dtype=dtype)
+        try:
+            models.perceptual, consts["perceptual"] = perceptual.load_perceptual(cfg)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    return models, consts
+
+
+def example_batch(config, model_cfg):
+    s = model_cfg["size"]
+    return jnp.zeros((1, s, s, 3), jnp.float32)
+
+
+def init_variables(models: Models, config, model_cfg, rng) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """(params, model_state) of every trained model, freshly initialised."""
+    k_gen, k_dis, k_a2l = jax.random.split(rng, 3)
+    x = example_batch(config, model_cfg)
+    gen_vars = models.gen.init(k_gen, x, x)
+    params = {"gen": gen_vars["params"], "dis": models.dis.init(k_dis, x)["params"]}
+    model_state = {"gen": {k: v for k, v in gen_vars.items() if k != "params"}}
+    if models.audio2lip is not None:
+        a2l = models.audio2lip.init(k_a2l, jnp.zeros((1, 80, 16)))
+        params["audio2lip"] = a2l["params"]
+        model_state["audio2lip"] = {k: v for k, v in a2l.items() if k != "params"}
+    return params, model_state
+
+
+def state_from(ctx: common.Context, params, model_state) -> common.TrainState:
+    g = common.g_side(params)
+    return common.TrainState(step=jnp.zeros((), jnp.int32), params=params, g_opt=ctx.g_tx.init(g),
+                             d_opt=ctx.d_tx.init(common.d_side(params)),
+                             ema=jax.tree.map(jnp.copy, g) if ctx.ema_decay else None,
+                             model_state=model_state)
+
+
+def merge_source(fresh: Dict[str, Any], source_tree: Dict[str, Any], keep, what: str,
+                 convert=None) -> Tuple[Dict[str, Any], Dict[str, int]]:
+    """Copies host arrays of `source_tree` into `fresh` (a tree of jax.Arrays) where the
+    path matches a `keep` regex; -> (merged, counts)."""
+    src = optim.leaf_paths(source_tree)
+    counts = {"copied": 0, "fresh": 0}
+
+    def take(path, leaf):
+        name = optim.path_str(path)
+        if not any(re.search(p, name) for p in keep) or name not in src:
+            counts["fresh"] += 1
+            return leaf
+        value = np.asarray(src[name])
+        if convert is not None:
+            value = convert(name, value)
+        if value.shape != leaf.shape:
+            raise ConfigError(f"{what}: {name} has shape {value.shape}, the model needs {leaf.shape} "
+                              f"(drop it from init_keep or fix the model config)")
+        counts["copied"] += 1
+        return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
+
+    merged = jax.tree_util.tree_map_with_path(take, fresh)
+    counts["ignored"] = len(set(src) - set(optim.leaf_paths(fresh)))
+    return merged, counts
+
+
+def bank_converter(source_mode: str, target_mode: str, source_params):
+    """QR bases loaded into a free-mode bank start as their Q (joint for expression)."""
+    if source_mode == target_mode or target_mode != "free":
+        return None
+    bank = source_params.get("gen", {}).get("bank", {})
+    if "lipnonlip" not in bank:
+        return None
+    lp = np.asarray(bank["lipnonlip"], np.float64)
+    joint = np.concatenate([lp, np.asarray(bank["exp"], np.float64)], -1) if "exp" in bank else lp
+    q = np.asarray(_qr_q(jnp.asarray(joint, jnp.float32)))
+    replaced = {"gen/bank/lipnonlip": q[:, :lp.shape[1]]}
+    if "exp" in bank:
+        replaced["gen/bank/exp"] = q[:, lp.shape[1]:]
+
+    def convert(name, value):
+        return replaced.get(name, value)
+    return convert

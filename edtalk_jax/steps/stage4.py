@@ -1,0 +1,105 @@
+"""Stage 4: audio to lip (edtalk_spec.md §3). Audio2Lip maps each frame's 80x16 mel
+window to the 20 lip coefficients; the generator renders them with the frame's pose
+coefficients on the identity frame.
+
+Losses per example (averaged over the T frames): `coeff` MSE to the lip targets,
+`smooth` MSE of their temporal differences, and on the rendered frames `l1`,
+`perceptual`, `gan`, `mouth_l1` (96x96 crops of the mouth boxes, sg2im's
+crop_bbox_batch) and `sync` (Wav2Lip's colour SyncNet on the lower halves of the T
+rendered face crops, only when `syncnet.path` is set). Terms with weight 0 are not
+computed; with every image term at 0 nothing is rendered.
+
+The official sync loss pairs the visual window (frames r..r+4) with the mel window of
+frame r, which covers frames r-2..r+2: `syncnet.audio_window="official"` keeps that,
+the default "aligned" takes the middle frame's window.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from edtalk_jax.layers.warp import grid_sample
+from edtalk_jax.steps import common
+
+MOUTH_CROP = 96
+
+
+def crop_boxes(images, boxes, size: int = MOUTH_CROP):
+    """images (N, H, W, C), boxes (N, 4) pixel (x1, y1, x2, y2) -> (N, size, size, C),
+    bilinear (sg2im crop_bbox_batch: sample points spread evenly from x1 to x2)."""
+    n, h, w, _ = images.shape
+    t = jnp.linspace(0.0, 1.0, size)
+    boxes = boxes.astype(jnp.float32)
+    x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * t  # (N, size) pixels
+    y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * t
+    gx = (x / w) * 2 - 1  # normalised like sg2im: box / image side, then [0, 1] -> [-1, 1]
+    gy = (y / h) * 2 - 1
+    grid = jnp.stack(jnp.broadcast_arrays(gx[:, None, :], gy[:, :, None]), axis=-1)
+    return grid_sample(images, grid)
+
+
+def render(gen, identity, lip, pose, t: int):
+    """identity (B, S, S, 3), lip/pose (B*T, K) -> (B*T, S, S, 3)."""
+    src = gen.encode(identity)
+    src = jax.tree.map(lambda x: jnp.repeat(x, t, axis=0), src)
+    alphas = {"lip": lip, "pose": pose}
+    if gen.exp_dim:  # a full generator renders with a neutral expression
+        alphas["exp"] = jnp.zeros((lip.shape[0], gen.exp_dim), lip.dtype)
+    return gen.decode(src, gen.motion(alphas))["image"]
+
+
+def predict_lips(ctx: common.Context, params, model_state, mel, train: bool):
+    """-> (lip coefficients (B, T, L), updated model_state or None)."""
+    a2l = ctx.models["audio2lip"]
+    variables = {"params": params["audio2lip"], **model_state["audio2lip"]}
+    if train and ctx.config.audio2lip.batchnorm_train:
+        lips, updates = a2l.apply(variables, mel, train=True, mutable=["batch_stats"])
+        new_state = dict(model_state, audio2lip=dict(model_state["audio2lip"], **updates))
+        return lips, new_state
+    return a2l.apply(variables, mel), None
+
+
+def compute_losses(ctx: common.Context, params, model_state, batch, consts, train: bool):
+    gen = ctx.models["gen"]
+    mel, frames = batch["mel"], batch["frames"]
+    b, t = mel.shape[:2]
+    lips, new_state = predict_lips(ctx, params, model_state, mel, train)
+    lips = lips.astype(jnp.float32)
+    target = batch["lip_targets"].astype(jnp.float32)
+    per_frame = lambda v: v.reshape(b, t).mean(axis=1)
+    losses = {"coeff": jnp.mean(jnp.square(lips - target), axis=(1, 2)),
+              "smooth": jnp.mean(jnp.square(jnp.diff(lips, axis=1) - jnp.diff(target, axis=1)), axis=(1, 2))}
+    # Predict-the-mean baseline: the targets' own mean over the batch (a held-out mean,
+    # so a stricter baseline than the training mean).
+    mean = jnp.mean(target, axis=(0, 1), keepdims=True)
+    scalars = {"stage4/lip_mse": jnp.mean(losses["coeff"]),
+               "stage4/mean_baseline_mse": jnp.mean(jnp.square(target - mean))}
+    flat = frames.reshape((b * t,) + frames.shape[2:])
+    recon = None
+    if any(ctx.weight(k) for k in ("l1", "perceptual", "gan", "mouth_l1", "sync")):
+        recon = gen.apply({"params": params["gen"]}, batch["identity"], lips.reshape(b * t, -1),
+                          batch["pose_targets"].reshape(b * t, -1).astype(jnp.float32), t, method=render)
+        losses.update({k: per_frame(v) for k, v in common.reconstruction(ctx, consts, recon, flat).items()})
+        if ctx.weight("gan"):
+            losses["gan"] = per_frame(common.gan_g(ctx, params["dis"], recon))
+        if ctx.weight("mouth_l1"):
+            boxes = batch["mouth_boxes"].reshape(b * t, 4)
+            losses["mouth_l1"] = per_frame(common.l1(crop_boxes(recon, boxes), crop_boxes(flat, boxes)))
+        if ctx.weight("sync") and "syncnet" in ctx.models:
+            losses["sync"] = sync_loss(ctx, consts, recon.reshape(frames.shape), mel)
+    images = (("identity", batch["identity"]), ("target", frames[:, t // 2]))
+    if recon is not None:
+        images += (("audio-driven", recon.reshape(frames.shape)[:, t // 2]),)
+    return common.LossOutput(losses=losses, real=flat, fake=recon if recon is not None else flat,
+                             recon=recon, target=flat if recon is not None else None,
+                             images=images, scalars=scalars, model_state=new_state)
+
+
+def sync_loss(ctx: common.Context, consts, recon, mel):
+    """Wav2Lip's expert loss per example on the lower halves of the rendered frames."""
+    from edtalk_jax.models import syncnet
+
+    t = mel.shape[1]
+    index = 0 if ctx.config.syncnet.audio_window == "official" else t // 2
+    faces = syncnet.lower_half_crops(recon)
+    audio_emb, face_emb = ctx.models["syncnet"].apply(consts["syncnet"], faces, mel[:, index])
+    return syncnet.sync_loss(audio_emb, face_emb)
