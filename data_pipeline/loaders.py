@@ -13,7 +13,11 @@ With workers, images cross processes as uint8 (4x less shared memory) and the
 LoaderIterator converts them to float32; the values are the same either way.
 The iterator state (grain's, plus the skip counters) is a small JSON dict: checkpoint it
 with orbax through `grain.checkpoint.CheckpointSave(iterator)` /
-`CheckpointRestore(iterator)`.
+`CheckpointRestore(iterator)`. It carries a `fingerprint` of what the position means (the
+data's manifest hash, the clips of this process, and the settings that decide which batch
+comes at which position); `set_state` refuses a state of another data
+configuration instead of silently continuing somewhere else. worker_count, prefetch,
+read_threads and tune_malloc change only speed, so they are not part of it.
 
 Multi-host: process p of n takes every n-th usable clip from p (the same count per
 process, so every process yields the same number of batches); the global batch is the
@@ -35,7 +39,10 @@ import copy
 import ctypes
 import dataclasses
 import functools
+import hashlib
+import json
 import logging
+import os
 from typing import Any, Mapping, Sequence
 
 import grain
@@ -137,8 +144,11 @@ class LoaderIterator(grain.DatasetIterator):
     the latest messages); `excluded` counts clips left out up front, by reason."""
 
     def __init__(self, inner: grain.DatasetIterator, *, num_clips: int, batches_per_epoch: int,
-                 excluded: Mapping[str, int], convert_keys: tuple[str, ...] = ()):
+                 excluded: Mapping[str, int], convert_keys: tuple[str, ...] = (),
+                 fingerprint: Mapping[str, Any] | None = None):
         super().__init__(inner)
+        # JSON-normalised (tuples -> lists) so it compares equal to a state read back from disk.
+        self.fingerprint = json.loads(json.dumps(dict(fingerprint or {})))
         self.convert_keys = convert_keys
         self.num_clips = num_clips
         self.batches_per_epoch = batches_per_epoch
@@ -159,9 +169,27 @@ class LoaderIterator(grain.DatasetIterator):
         return batch
 
     def get_state(self) -> dict:
-        return {"pipeline": self._parent.get_state(), "stats": copy.deepcopy(self.stats)}
+        return {"pipeline": self._parent.get_state(), "stats": copy.deepcopy(self.stats),
+                "fingerprint": copy.deepcopy(self.fingerprint)}
 
     def set_state(self, state: dict) -> None:
+        """Resumes at `state`'s position; a LoaderError when the state was saved by a loader
+        of another data configuration (its fingerprint differs) or carries no fingerprint."""
+        saved = state.get("fingerprint")
+        if saved is None:
+            raise LoaderError(
+                "the data iterator state carries no fingerprint (saved by an older loader), so "
+                "its position cannot be checked against this data configuration; restore the "
+                "checkpoint without its data item to start the data afresh")
+        if saved != self.fingerprint:
+            fields = sorted(set(saved) | set(self.fingerprint))
+            diff = "; ".join(f"{k}: {saved.get(k, '<absent>')!r} (checkpoint) vs "
+                             f"{self.fingerprint.get(k, '<absent>')!r} (this loader)"
+                             for k in fields if saved.get(k) != self.fingerprint.get(k))
+            raise LoaderError(
+                f"the checkpoint's data position belongs to another data configuration: {diff}. "
+                f"Resume with the checkpoint's data settings, or restore without the data item "
+                f"to start the data afresh")
         self._parent.set_state(state["pipeline"])
         self.stats = state["stats"]
 
@@ -176,6 +204,41 @@ def _shard(cfg: LoaderConfig) -> tuple[int, int]:
     if not 0 <= index < count:
         raise LoaderError(f"shard_index {index} not in [0, {count})")
     return index, count
+
+
+def _data_sha256(cfg: LoaderConfig) -> str | None:
+    """Identity of the clips: sha256 of a shard directory's manifest (plus the split file),
+    or of a TFDS directory's dataset_info.json; None for a directory holding neither (a
+    caller-supplied store)."""
+    info = os.path.join(cfg.shards_dir, "dataset_info.json")
+    if os.path.exists(info):
+        with open(info, "rb") as f:
+            return "dataset_info:" + hashlib.sha256(f.read()).hexdigest()
+    if not os.path.exists(os.path.join(cfg.shards_dir, shards.MANIFEST)):
+        return None
+    digest = "manifest:" + targets.manifest_sha256(cfg.shards_dir)
+    split = os.path.join(cfg.shards_dir, shards.SPLITS_DIR, f"{cfg.split}.json")
+    if cfg.split is not None and os.path.exists(split):
+        with open(split, "rb") as f:
+            digest += " split:" + hashlib.sha256(f.read()).hexdigest()
+    return digest
+
+
+def fingerprint(cfg: LoaderConfig, own: np.ndarray, index: int, count: int) -> dict[str, Any]:
+    """What a position of this loader means: the data, this process's clips and every setting
+    that decides which batch comes at which position. Stage-specific settings enter only for
+    their stage (T, targets, mouth_margin: 4; exclude_neutral: 3)."""
+    fields = ["stage", "split", "batch_size", "image_size", "seed", "shuffle", "num_epochs",
+              "drop_remainder", "dtype", "datasets"]
+    if cfg.stage == 3:
+        fields.append("exclude_neutral")
+    if cfg.stage == 4:
+        fields += ["T", "targets", "mouth_margin"]
+    fp = {k: getattr(cfg, k) for k in fields}
+    fp["datasets"] = None if cfg.datasets is None else sorted(cfg.datasets)
+    fp.update(data=_data_sha256(cfg), shard_index=index, shard_count=count,
+              clips=hashlib.sha256(np.asarray(own, "<i8").tobytes()).hexdigest())
+    return fp
 
 
 def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
@@ -236,7 +299,8 @@ def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
                  else -(-per_process // cfg.batch_size))
     return LoaderIterator(iter(it_ds), num_clips=per_process, batches_per_epoch=per_epoch,
                           excluded=excluded,
-                          convert_keys=keys if convert and cfg.worker_count > 0 else ())
+                          convert_keys=keys if convert and cfg.worker_count > 0 else (),
+                          fingerprint=fingerprint(cfg, own, index, count))
 
 
 def _mark_absl_flags_parsed() -> None:
@@ -280,5 +344,5 @@ def to_global_arrays(batch: Mapping[str, np.ndarray], sharding) -> dict:
     return out
 
 
-__all__ = ["LoaderConfig", "LoaderError", "LoaderIterator", "make_loader", "stage1_loader",
-           "stage2_loader", "stage3_loader", "stage4_loader", "to_global_arrays"]
+__all__ = ["LoaderConfig", "LoaderError", "LoaderIterator", "fingerprint", "make_loader",
+           "stage1_loader", "stage2_loader", "stage3_loader", "stage4_loader", "to_global_arrays"]

@@ -1,5 +1,6 @@
 """Stage loaders: layouts, sampling rules, determinism, workers, sharding, resume, skips."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -290,6 +291,71 @@ def test_orbax_resume_gives_the_uninterrupted_batches(data, tmp_path, workers):
             np.testing.assert_array_equal(got[k], want[k])
     assert resumed.stats["batches"] == 5
     resumed.close()
+
+
+def _saved_state(cfg):
+    """The iterator state after one batch, as orbax writes and reads it (JSON)."""
+    it = loaders.make_loader(cfg)
+    next(it)
+    state = json.loads(json.dumps(it.get_state()))
+    it.close()
+    return state
+
+
+def test_state_of_another_data_configuration_is_refused(data):
+    cfg = _cfg(data["main"], 2, seed=7)
+    state = _saved_state(cfg)
+    assert state["fingerprint"]["data"].startswith("manifest:")
+    changes = [({"seed": 8}, ["seed"]), ({"batch_size": 2}, ["batch_size"]),
+               ({"dtype": "uint8"}, ["dtype"]),
+               ({"shard_index": 1, "shard_count": 2}, ["shard_index", "shard_count", "clips"]),
+               ({"datasets": ("synthetic",)}, ["datasets", "clips"]),
+               ({"stage": 1}, ["stage"])]
+    for change, fields in changes:
+        other = loaders.make_loader(dataclasses.replace(cfg, **change))
+        with pytest.raises(loaders.LoaderError, match="belongs to another data configuration") as e:
+            other.set_state(state)
+        other.close()
+        for field in fields:
+            assert f"{field}: " in str(e.value) and "(checkpoint) vs" in str(e.value), (field, e)
+    other = loaders.make_loader(_cfg(data["bad"], 2, seed=7))  # another dataset
+    with pytest.raises(loaders.LoaderError, match="data: 'manifest:"):
+        other.set_state(state)
+    other.close()
+    del state["fingerprint"]  # a state saved before fingerprints
+    with pytest.raises(loaders.LoaderError, match="carries no fingerprint"):
+        loaders.make_loader(cfg).set_state(state)
+
+
+def test_speed_settings_and_other_stages_fields_keep_the_position(data):
+    """worker_count, prefetch, read_threads and tune_malloc do not change batches; T and
+    mouth_margin matter only in stage 4, exclude_neutral only in stage 3."""
+    cfg = _cfg(data["main"], 2, seed=7)
+    state = _saved_state(cfg)
+    want = _take(cfg, 2)[1]
+    same = dataclasses.replace(cfg, prefetch=4, read_threads=2, tune_malloc=False, T=3,
+                               mouth_margin=0.5, exclude_neutral=True)
+    it = loaders.make_loader(same)
+    it.set_state(state)
+    got = next(it)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
+    it.close()
+    workers, plain = (loaders.make_loader(dataclasses.replace(cfg, worker_count=w)) for w in (2, 0))
+    assert workers.fingerprint == plain.fingerprint
+    workers.close(), plain.close()
+
+
+def test_fingerprint_names_the_data(data, tmp_path):
+    own = np.arange(3)
+    split = loaders.fingerprint(_cfg(data["main"], 1, split="train"), own, 0, 1)
+    assert split["data"].startswith("manifest:") and " split:" in split["data"]
+    (tmp_path / "dataset_info.json").write_text("{}")  # a TFDS dataset directory
+    tfds = loaders.fingerprint(_cfg(str(tmp_path), 1), own, 0, 1)
+    assert tfds["data"].startswith("dataset_info:")
+    assert set(tfds) == set(split) and "worker_count" not in tfds and "T" not in tfds
+    assert {"T", "targets", "mouth_margin"} <= set(loaders.fingerprint(_cfg(str(tmp_path), 4),
+                                                                       own, 0, 1))
 
 
 def test_bad_records_are_counted_skips(data):

