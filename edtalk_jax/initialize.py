@@ -144,6 +144,7 @@ def merge_source(fresh: Dict[str, Any], source_tree: Dict[str, Any], keep, what:
     path matches a `keep` regex; -> (merged, counts)."""
     src = optim.leaf_paths(source_tree)
     counts = {"copied": 0, "fresh": 0}
+    copied = set()
 
     def take(path, leaf):
         name = optim.path_str(path)
@@ -157,11 +158,36 @@ def merge_source(fresh: Dict[str, Any], source_tree: Dict[str, Any], keep, what:
             raise ConfigError(f"{what}: {name} has shape {value.shape}, the model needs {leaf.shape} "
                               f"(drop it from init_keep or fix the model config)")
         counts["copied"] += 1
+        copied.add(name)
         return jax.device_put(value.astype(leaf.dtype), leaf.sharding)
 
     merged = jax.tree_util.tree_map_with_path(take, fresh)
     counts["ignored"] = len(set(src) - set(optim.leaf_paths(fresh)))
+    counts["paths"] = copied
     return merged, counts
+
+
+def exp_against_loaded(params, copied):
+    """Applies `_exp_against_loaded` when lip/pose bases were loaded and expression bases
+    were not (free bank mode)."""
+    if "gen/bank/lipnonlip" in copied and "gen/bank/exp" not in copied:
+        return _exp_against_loaded(params)
+    return params
+
+
+def _exp_against_loaded(params):
+    """A fresh free-mode expression bank was drawn orthogonal to the *fresh* lip/pose
+    bank; re-draw it orthogonal to the loaded one (same columns, projected and
+    re-orthonormalised), so the bases start orthonormal across banks."""
+    bank = params.get("gen", {}).get("bank", {})
+    if "exp" not in bank:
+        return params
+    lp, exp = np.asarray(bank["lipnonlip"], np.float64), np.asarray(bank["exp"], np.float64)
+    q = np.linalg.qr(np.concatenate([lp, exp], -1))[0][:, lp.shape[1]:]
+    q *= np.sign(np.sum(q * exp, axis=0, keepdims=True) + 1e-30)  # keep each column's direction
+    new = jax.device_put(q.astype(bank["exp"].dtype), bank["exp"].sharding)
+    gen = dict(params["gen"], bank=dict(bank, exp=new))
+    return dict(params, gen=gen)
 
 
 def bank_converter(source_mode: str, target_mode: str, source_params):

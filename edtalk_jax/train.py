@@ -155,10 +155,18 @@ class Run:
 
     def _merge(self, params, model_state):
         src = self.source
+        field = "init_from" if self.mode == "init" else "resume_from"
+        if "gen" not in src.params:
+            raise run_config.ConfigError(
+                f"{field}={src.name}: holds a {src.model.get('kind', 'checkpoint without a generator')}, "
+                f"not a generator this {self.config.stage} run can start from")
         keep = tuple(self.config.init_keep) if self.mode == "init" else (".*",)
         convert = initialize.bank_converter(src.model.get("bank_mode", "qr"), self.config.model.bank_mode,
                                             src.params)
         params, counts = initialize.merge_source(params, src.params, keep, src.name, convert)
+        if self.config.model.bank_mode == "free":
+            params = initialize.exp_against_loaded(params, counts.pop("paths"))
+        counts.pop("paths", None)
         model_state, _ = initialize.merge_source(model_state, src.model_state, keep, src.name)
         a2l = self.config.audio2lip.init if self.config.stage == "stage4" else ""
         if a2l:
@@ -240,7 +248,7 @@ class Run:
             self.start_step = int(step)
             log.info("resumed %s at step %d", self.workdir, self.start_step)
         if _is_main():
-            checkpointing._write_config(self.workdir, dict(
+            checkpointing.write_config(self.workdir, dict(
                 self.config.to_dict(), resolved_model=_norm(self.model_cfg), data_dir=self.data_dir))
 
 
@@ -268,6 +276,7 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
     metrics (also written to WORKDIR/final_metrics.json)."""
     from tqdm import tqdm
 
+    setup_start = time.perf_counter()
     run = Run(config, workdir, progress)
     ctx, mesh = run.ctx, run.mesh
     step_fn = jax.jit(functools.partial(common.train_step, ctx),
@@ -275,7 +284,6 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
                       out_shardings=(run.state_sharding, run.repl), donate_argnums=(0,))
     eval_fn = jax.jit(functools.partial(common.eval_step, ctx),
                       in_shardings=(run.state_sharding, run.batch_sharding, run.repl), out_shardings=run.repl)
-    images_fn = jax.jit(functools.partial(common.sample_images, ctx))
     writer = metrics.MetricWriter(os.path.join(workdir, "tensorboard"))
     rng = jax.random.PRNGKey(config.seed + 1)
     state, step = run.state, run.start_step
@@ -283,15 +291,22 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
     guard = checkpointing.PreemptionGuard()
     throughput = metrics.Throughput(peak=metrics.peak_flops(), num_devices=jax.device_count())
     last: Dict[str, float] = {}
+    compiled = None
     every = lambda n, s: bool(n) and s % n == 0
     bar = tqdm(total=total, initial=step, desc=config.stage, unit="step", disable=not (progress and _is_main()))
     try:
         with jax.set_mesh(mesh):
             while step < total:
                 batch = sharding.global_batch(next(run.train_iter), mesh)
-                if step == run.start_step:
-                    throughput.flops_per_step = _flops(step_fn, state, batch, rng, run.consts)
-                state, step_metrics = step_fn(state, batch, rng, run.consts)
+                if compiled is None:  # compiled once, ahead of time: its cost analysis gives MFU
+                    t0 = time.perf_counter()
+                    compiled = step_fn.lower(state, batch, rng, run.consts).compile()
+                    throughput.flops_per_step = _flops(compiled)
+                    last["perf/compile_seconds"] = time.perf_counter() - t0
+                    last["perf/setup_seconds"] = t0 - setup_start
+                    if throughput.flops_per_step:
+                        last["perf/flops_per_step"] = throughput.flops_per_step
+                state, step_metrics = compiled(state, batch, rng, run.consts)
                 step += 1
                 bar.update(1)
                 is_last = step == total
@@ -305,13 +320,13 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
                     last.update(scalars)
                     bar.set_postfix(loss=f"{scalars['loss/g_total']:.3f}",
                                     psnr=f"{scalars.get('train/psnr', float('nan')):.2f}")
-                if run.eval_batches and (every(config.eval_every_steps, step) or is_last):
-                    ev = evaluate(eval_fn, state, run.eval_batches, mesh, run.consts)
+                want_images = every(config.images_every_steps, step) or is_last
+                if run.eval_batches and (every(config.eval_every_steps, step) or is_last or want_images):
+                    ev, images = evaluate(eval_fn, state, run.eval_batches, mesh, run.consts)
                     writer.write_scalars(step, ev)
                     last.update(ev)
-                    throughput.reset(step)
-                if every(config.images_every_steps, step) or is_last:
-                    write_samples(images_fn, state, run, step, writer)
+                    if want_images:
+                        write_samples(images, run.workdir, step, writer)
                     throughput.reset(step)
                 stop = guard.should_stop(step)
                 if save or stop:
@@ -335,12 +350,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
     return final
 
 
-def _flops(step_fn, *args) -> Optional[float]:
-    try:
-        flops = metrics.compiled_flops(step_fn.lower(*args).compile())
-    except Exception as e:  # cost analysis is optional on some backends
-        log.info("no cost analysis: %s", e)
-        return None
+def _flops(compiled) -> Optional[float]:
+    flops = metrics.compiled_flops(compiled)
     return None if flops is None else flops * jax.device_count()  # per device -> whole step
 
 
@@ -350,18 +361,21 @@ def _data_stats(it) -> Dict[str, float]:
     return out
 
 
-def evaluate(eval_fn, state, batches, mesh, consts) -> Dict[str, float]:
-    """Means of the eval metrics over the held-out batches."""
-    rows = [_fetch(eval_fn(state, sharding.global_batch(b, mesh), consts)) for b in batches]
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+def evaluate(eval_fn, state, batches, mesh, consts):
+    """(means of the eval metrics over the held-out batches, grid columns of the first)."""
+    rows, images = [], None
+    for b in batches:
+        m, cols = eval_fn(state, sharding.global_batch(b, mesh), consts)
+        rows.append(_fetch(m))
+        images = images if images is not None else cols
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}, images
 
 
-def write_samples(images_fn, state, run, step: int, writer) -> None:
-    batch = run.eval_batches[0] if run.eval_batches else None
-    if batch is None:
-        return
-    columns = jax.device_get(images_fn(state, sharding.global_batch(batch, run.mesh), run.consts))
+def write_samples(columns, workdir: str, step: int, writer) -> None:
+    """The grid PNG (WORKDIR/samples/<step>.png) and its TensorBoard image."""
+    columns = jax.device_get(columns)
     grid = metrics.image_grid([(name.split(" ", 1)[1], np.asarray(x)) for name, x in sorted(columns.items())])
     writer.write_images(step, {"samples": grid})
     if _is_main():
-        metrics.save_png(os.path.join(run.workdir, "samples", f"{step:07d}.png"), grid)
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        metrics.save_png(os.path.join(workdir, "samples", f"{step:07d}.png"), grid)

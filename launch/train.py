@@ -30,7 +30,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     f = flags.FLAGS
-    logging.getLogger().setLevel(logging.INFO)
+    for name in ("edtalk_jax", "data_pipeline"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/grain INFO chatter
     from edtalk_jax import distributed
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
                            auto=f.distributed == "auto", timeout=f.initialization_timeout)

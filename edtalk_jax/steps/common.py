@@ -237,8 +237,9 @@ def eval_params(state: TrainState) -> Dict[str, Any]:
     return dict(state.ema, dis=state.params["dis"])
 
 
-def eval_step(ctx: Context, state: TrainState, batch, consts) -> Dict[str, Array]:
-    """The training losses on held-out data (same compute_losses, no update) plus PSNR."""
+def eval_step(ctx: Context, state: TrainState, batch, consts) -> Tuple[Dict[str, Array], Dict[str, Array]]:
+    """(metrics, images): the training losses on held-out data (same compute_losses, no
+    update) plus PSNR, and the stage's grid columns keyed "<index> <label>"."""
     batch = to_float_images(batch, ctx.image_keys)
     out = ctx.compute_losses(ctx, eval_params(state), state.model_state, batch, consts, train=False)
     total, reduced = total_loss(ctx, out.losses)
@@ -247,11 +248,4 @@ def eval_step(ctx: Context, state: TrainState, batch, consts) -> Dict[str, Array
     if out.recon is not None:
         metrics["eval/psnr"] = jnp.mean(psnr(out.recon, out.target))
     metrics.update({f"eval/{k}": v for k, v in out.scalars.items()})
-    return metrics
-
-
-def sample_images(ctx: Context, state: TrainState, batch, consts) -> Dict[str, Array]:
-    """Grid columns of the stage on `batch` (eval parameters), keyed "<index> <label>"."""
-    batch = to_float_images(batch, ctx.image_keys)
-    out = ctx.compute_losses(ctx, eval_params(state), state.model_state, batch, consts, train=False)
-    return {f"{i:02d} {label}": x for i, (label, x) in enumerate(out.images)}
+    return metrics, {f"{i:02d} {label}": x for i, (label, x) in enumerate(out.images)}
