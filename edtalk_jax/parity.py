@@ -32,7 +32,14 @@ def _nchw(a):
 
 
 def compute(kind: str, cfg, variables, inputs: Dict[str, np.ndarray], dtype=jnp.float32) -> Dict[str, np.ndarray]:
-    """All outputs for `kind`, NCHW, as numpy arrays of `dtype`."""
+    """All outputs for `kind`, NCHW, as numpy arrays of `dtype`. Matmuls and convolutions
+    run at full precision: GPUs default to TF32 and TPUs to bfloat16 passes for float32,
+    which parity cannot afford."""
+    with jax.default_matmul_precision("highest"):
+        return _compute(kind, cfg, variables, inputs, dtype)
+
+
+def _compute(kind, cfg, variables, inputs, dtype):
     missing = [k for k in INPUT_KEYS[kind] if k not in inputs]
     if missing:
         raise KeyError(f"inputs lack {missing} needed for a {kind}")

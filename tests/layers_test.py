@@ -423,6 +423,64 @@ def test_grid_sample():
     assert not np.any(np.asarray(got[1, 2, 2]))
 
 
+def _warp_case(seed=2):
+    """A feature map and a grid with every kind of tap: inside, on pixel centres (zero
+    fractional weights), partly and fully outside the image (non-square, Ho != H)."""
+    feat = rand(2, 4, 6, 3, seed=seed)
+    grid = rand(2, 5, 3, 2, seed=seed + 1, scale=0.8)
+    grid[0, 0, 0] = (-1.0, -1.0)
+    grid[0, 0, 1] = (1.0, 1.0)
+    grid[0, 1, 0] = (-1.3, 0.2)
+    grid[0, 1, 1] = (0.4, 1.2)
+    grid[0, 2, 0] = ((2 * 0 + 1) / 6 - 1, (2 * 3 + 1) / 4 - 1)  # the centre of pixel (3, 0)
+    grid[0, 2, 1] = ((2 * 5 + 1) / 6 - 1, (2 * 2 + 1) / 4 - 1)  # pixel (2, 5), next to the edge
+    grid[1, 2, 2] = (3.0, -3.0)
+    return jnp.asarray(feat), jnp.asarray(grid)
+
+
+def test_grid_sample_gradients_match_autodiff_reference():
+    """The hand-written VJP against JAX autodiff of the plain four-gather formulation."""
+    feat, grid = _warp_case()
+    ct = jnp.asarray(rand(2, 5, 3, 3, seed=9))
+    out, vjp = jax.vjp(warp.grid_sample, feat, grid)
+    ref, ref_vjp = jax.vjp(warp.reference_grid_sample, feat, grid)
+    close(out, np.asarray(ref), tol=1e-14)
+    for got, want in zip(vjp(ct), ref_vjp(ct)):
+        close(got, np.asarray(want), tol=1e-12)
+    # and jitted, in float32
+    f32 = lambda a: jnp.asarray(a, jnp.float32)
+    got = jax.jit(lambda f, g, c: jax.vjp(warp.grid_sample, f, g)[1](c))(f32(feat), f32(grid), f32(ct))
+    want = jax.vjp(warp.reference_grid_sample, f32(feat), f32(grid))[1](f32(ct))
+    for g, w in zip(got, want):
+        assert g.dtype == np.float32
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5 * float(np.abs(w).max()))
+
+
+def test_grid_sample_gradients_by_finite_differences():
+    feat, grid = _warp_case()
+    grid = grid + 1e-3  # off the pixel centres: the derivative jumps there
+    ct = jnp.asarray(rand(2, 5, 3, 3, seed=9))
+    loss = lambda f, g: jnp.vdot(warp.grid_sample(f, g), ct)
+    dfeat, dgrid = jax.grad(loss, (0, 1))(feat, grid)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        vf, vg = jnp.asarray(rng.normal(size=feat.shape)), jnp.asarray(rng.normal(size=grid.shape)) * 1e-2
+        eps = 1e-6
+        fd = (loss(feat + eps * vf, grid + eps * vg) - loss(feat - eps * vf, grid - eps * vg)) / (2 * eps)
+        assert abs(float(fd - jnp.vdot(dfeat, vf) - jnp.vdot(dgrid, vg))) <= 1e-6 * max(1.0, abs(float(fd)))
+
+
+def test_grid_sample_bfloat16_features():
+    feat, grid = _warp_case()
+    fb = feat.astype(jnp.bfloat16)
+    out, vjp = jax.vjp(warp.grid_sample, fb, grid.astype(jnp.float32))
+    assert out.dtype == jnp.bfloat16
+    dfeat, dgrid = vjp(jnp.ones_like(out))
+    assert dfeat.dtype == jnp.bfloat16 and dgrid.dtype == jnp.float32
+    ref = warp.reference_grid_sample(fb.astype(jnp.float64), grid)
+    np.testing.assert_allclose(np.asarray(out, np.float64), ref, atol=2e-2)
+
+
 @pytest.mark.parametrize("with_skip", [False, True])
 def test_to_flow(with_skip):
     layer = modulated.ToFlow(**F64)

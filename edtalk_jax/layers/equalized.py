@@ -63,11 +63,12 @@ class EqualLinear(nn.Module):
         w = self.param("weight", normal_init(self.lr_mul), (fan_in, self.features), self.param_dtype)
         scale = self.lr_mul / math.sqrt(fan_in)
         # (W * scale) first, then the matmul: the official rounding order.
-        out = jnp.dot(x.astype(self.dtype), w.astype(self.dtype) * scale)
+        # Scaled in the parameter dtype, then cast: one rounding under bfloat16 compute.
+        out = jnp.dot(x.astype(self.dtype), (w * scale).astype(self.dtype))
         if not self.use_bias:
             return out
-        b = self.param("bias", nn.initializers.constant(self.bias_init), (self.features,),
-                       self.param_dtype).astype(self.dtype) * self.lr_mul
+        b = (self.param("bias", nn.initializers.constant(self.bias_init), (self.features,),
+                        self.param_dtype) * self.lr_mul).astype(self.dtype)
         return fused_leaky_relu(out, b) if self.activation else out + b
 
 
@@ -86,7 +87,7 @@ class EqualConv2d(nn.Module):
         cin, k = x.shape[-1], self.kernel_size
         w = self.param("weight", normal_init(), (k, k, cin, self.features), self.param_dtype)
         scale = 1.0 / math.sqrt(cin * k * k)
-        out = conv2d(x.astype(self.dtype), w.astype(self.dtype) * scale, self.stride, self.padding)
+        out = conv2d(x.astype(self.dtype), (w * scale).astype(self.dtype), self.stride, self.padding)
         if self.use_bias:
             out = out + self.param("bias", nn.initializers.zeros, (self.features,),
                                    self.param_dtype).astype(self.dtype)

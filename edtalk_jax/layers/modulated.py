@@ -38,17 +38,20 @@ class ModulatedConv2d(nn.Module):
         w = self.param("weight", normal_init(), (k, k, cin, self.features), self.param_dtype)
         s = EqualLinear(cin, bias_init=1.0, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="modulation")(style)  # (B, in)
-        w = w.astype(self.dtype) * (1.0 / math.sqrt(cin * k * k))
+        w = w * (1.0 / math.sqrt(cin * k * k))  # scaled before the cast: one rounding
         x = x.astype(self.dtype) * s[:, None, None, :]
+        wc = w.astype(self.dtype)
         if self.upsample:
             # conv_transpose2d(stride 2, pad 0) == dilated-input conv with the flipped kernel.
-            x = conv2d(x, jnp.flip(w, (0, 1)), padding=k - 1, lhs_dilation=2)
+            x = conv2d(x, jnp.flip(wc, (0, 1)), padding=k - 1, lhs_dilation=2)
         else:
-            x = conv2d(x, w, padding=k // 2)
+            x = conv2d(x, wc, padding=k // 2)
         if self.demodulate:
-            sq = jnp.sum(jnp.square(w), axis=(0, 1))  # (in, out)
-            d = jax.lax.rsqrt(jnp.dot(jnp.square(s), sq) + 1e-8)  # (B, out)
-            x = x * d[:, None, None, :]
+            # A sum of in*k*k squares: computed in (at least) float32, like norm statistics.
+            sdt = jnp.promote_types(self.dtype, jnp.float32)
+            sq = jnp.sum(jnp.square(w.astype(sdt)), axis=(0, 1))  # (in, out)
+            d = jax.lax.rsqrt(jnp.dot(jnp.square(s.astype(sdt)), sq, precision="highest") + 1e-8)  # (B, out)
+            x = x * d.astype(self.dtype)[:, None, None, :]
         if self.upsample:  # official Blur pad: p = (4 - 2) - (k - 1) -> ((p+1)//2 + 1, p//2 + 1)
             p = 3 - k
             x = blur(x, ((p + 1) // 2 + 1, p // 2 + 1), upsample_factor=2)
@@ -96,20 +99,26 @@ class ToFlow(nn.Module):
     tanh(logits[..., :2]) + linspace grid; mask = sigmoid(logits[..., 2]);
     feat_warp = grid_sample(feat, flow) * mask; blended = feat_warp + out * (1 - mask).
     Returns (feat_warp, blended, logits, flow, mask).
+
+    The flow path (logits, flow) is computed in at least float32 whatever `dtype` is: a
+    normalised-coordinate error e moves the sample by e * res / 2 pixels, and bfloat16
+    (8 bits) near |x| = 1 has steps of 1/128, i.e. a pixel at 256^2. It is a 1x1 conv to
+    3 channels, so the cost is small; mask and warped features use `dtype`.
     """
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, out, style, feat, skip: Optional[jnp.ndarray] = None):
-        logits = ModulatedConv2d(3, 1, demodulate=False, dtype=self.dtype,
+        fdt = jnp.promote_types(self.dtype, jnp.float32)
+        logits = ModulatedConv2d(3, 1, demodulate=False, dtype=fdt,
                                  param_dtype=self.param_dtype, name="conv")(out, style)
-        logits = logits + self.param("bias", nn.initializers.zeros, (3,), self.param_dtype).astype(self.dtype)
+        logits = logits + self.param("bias", nn.initializers.zeros, (3,), self.param_dtype).astype(fdt)
         if skip is not None:
-            logits = logits + upsample(skip.astype(self.dtype))
+            logits = logits + upsample(skip.astype(fdt))
         res = out.shape[1]
-        flow = jnp.tanh(logits[..., 0:2]) + base_grid(res, logits.dtype)
-        mask = jax.nn.sigmoid(logits[..., 2:3])
+        flow = jnp.tanh(logits[..., 0:2]) + base_grid(res, fdt)
+        mask = jax.nn.sigmoid(logits[..., 2:3]).astype(self.dtype)
         feat_warp = grid_sample(feat.astype(self.dtype), flow) * mask
         blended = feat_warp + out.astype(self.dtype) * (1 - mask)
         return feat_warp, blended, logits, flow, mask
