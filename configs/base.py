@@ -39,6 +39,8 @@ def model_config() -> config_dict.ConfigDict:
     c.pose_dim = config_dict.placeholder(int)  # pose bank size (6)
     c.exp_dim = config_dict.placeholder(int)  # expression bank size (10; 0 for lip_pose)
     c.eem_hidden = config_dict.placeholder(int)  # hidden width of the EEM AdaIN MLP (128)
+    c.flow_init_scale = 1.0  # initial flow-head weight std (official 1; 0.1 starts near identity)
+    c.eem_identity_init = True  # fresh EEMs on a loaded decoder start as the identity (stage 3)
     c.bank_mode = "qr"  # "qr": official QR-orthonormalised bases; "free": raw bases + ortho loss
     c.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     return c
@@ -95,8 +97,11 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     config.optimizer = config_dict.ConfigDict(dict(
         # Official: Adam, lr 0.002 x the lazy ratio, betas (0, 0.99 ** ratio), ratio =
         # reg_every / (reg_every + 1) with g_reg_every 4 and d_reg_every 16.
-        g=dict(name="adam", lr=0.002, b1=0.0, b2=0.99, eps=1e-8, reg_every=4, grad_clip=0.0),
-        d=dict(name="adam", lr=0.002, b1=0.0, b2=0.99, eps=1e-8, reg_every=16, grad_clip=0.0),
+        # schedule: "constant" (official) or "cosine" (decays to 0 at total_steps).
+        g=dict(name="adam", lr=0.002, b1=0.0, b2=0.99, eps=1e-8, reg_every=4, grad_clip=0.0,
+               schedule="constant"),
+        d=dict(name="adam", lr=0.002, b1=0.0, b2=0.99, eps=1e-8, reg_every=16, grad_clip=0.0,
+               schedule="constant"),
         freeze=(),  # regexes of parameter paths kept fixed (bitwise)
         lr_multipliers=(),  # ((regex, multiplier), ...): first match wins
     ))
@@ -144,8 +149,9 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
 
 
 def tiny(config: config_dict.ConfigDict) -> None:
-    """64^2, widths / 8, 16-d latents, batch 2, random VGG16: seconds per step on a CPU."""
-    config.model.update(size=64, width_div=8, style_dim=32, eem_hidden=16)
+    """64^2, widths / 8, 64-d latents (room for the 36 bases of the full generator),
+    batch 2, random VGG16: seconds per step on a CPU."""
+    config.model.update(size=64, width_div=8, style_dim=64, eem_hidden=16)
     config.batch_size = 2
     config.total_steps = 4
     config.log_every_steps = 2

@@ -175,6 +175,25 @@ def exp_against_loaded(params, copied):
     return params
 
 
+def eem_identity(params, copied):
+    """Fresh EEMs on a loaded decoder start as the identity: AdaIN's gamma = -1 and beta
+    = 0 (zero weights), so x + AdaIN(conv2(x)) = x and stage 3 begins at the loaded
+    model's reconstruction; gradients still reach every EEM parameter."""
+    dec = params.get("gen", {}).get("dec", {})
+    if not any(p.startswith("gen/dec/") for p in copied):
+        return params
+    new_dec = dict(dec)
+    for name, eem in dec.items():
+        if not name.startswith("eem_") or any(p.startswith(f"gen/dec/{name}/") for p in copied):
+            continue
+        norm = dict(eem["norm2"])
+        for head, bias in (("mlp_gamma", -1.0), ("mlp_beta", 0.0)):
+            norm[head] = {k: jax.device_put(np.full(v.shape, bias if k == "bias" else 0.0, v.dtype), v.sharding)
+                          for k, v in norm[head].items()}
+        new_dec[name] = dict(eem, norm2=norm)
+    return dict(params, gen=dict(params["gen"], dec=new_dec))
+
+
 def _exp_against_loaded(params):
     """A fresh free-mode expression bank was drawn orthogonal to the *fresh* lip/pose
     bank; re-draw it orthogonal to the loaded one (same columns, projected and

@@ -50,11 +50,16 @@ def trainable_mask(params, freeze: Sequence[str] = ()):
     return jax.tree.map(lambda lab: lab != FROZEN, labels(params, freeze))
 
 
-def _single(cfg: Mapping[str, Any], lr_scale: float) -> optax.GradientTransformation:
+def _single(cfg: Mapping[str, Any], lr_scale: float, total_steps: int) -> optax.GradientTransformation:
     name = cfg["name"]
     reg = cfg.get("reg_every", 0) or 0
     ratio = reg / (reg + 1) if reg else 1.0  # StyleGAN2's lazy-regularisation correction
     lr = cfg["lr"] * ratio * lr_scale
+    schedule = cfg.get("schedule", "constant")
+    if schedule == "cosine":
+        lr = optax.cosine_decay_schedule(lr, max(1, total_steps))
+    elif schedule != "constant":
+        raise ValueError(f"optimizer.*.schedule: unknown schedule {schedule!r} (constant | cosine)")
     if name == "adam":
         tx = optax.adam(lr, b1=cfg["b1"] ** ratio, b2=cfg["b2"] ** ratio, eps=cfg["eps"])
     elif name == "adamw":
@@ -71,13 +76,14 @@ def _single(cfg: Mapping[str, Any], lr_scale: float) -> optax.GradientTransforma
 
 def make_optimizer(cfg: Mapping[str, Any], params, freeze: Sequence[str] = (),
                    lr_multipliers: Sequence[Tuple[str, float]] = (),
-                   field: str = "optimizer") -> optax.GradientTransformation:
-    """The optimizer of one parameter group (G side or D) from its config section."""
+                   field: str = "optimizer", total_steps: int = 1) -> optax.GradientTransformation:
+    """The optimizer of one parameter group (G side or D) from its config section;
+    `total_steps` is the length of a decaying schedule."""
     _check_regexes(freeze, f"{field}.freeze")
     _check_regexes([p for p, _ in lr_multipliers], f"{field}.lr_multipliers")
-    transforms = {"base": _single(cfg, 1.0), FROZEN: optax.set_to_zero()}
+    transforms = {"base": _single(cfg, 1.0, total_steps), FROZEN: optax.set_to_zero()}
     for i, (_pattern, mult) in enumerate(lr_multipliers):
-        transforms[f"lr{i}"] = _single(cfg, float(mult))
+        transforms[f"lr{i}"] = _single(cfg, float(mult), total_steps)
     return optax.multi_transform(transforms, labels(params, freeze, lr_multipliers))
 
 

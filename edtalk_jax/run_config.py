@@ -62,10 +62,28 @@ def validate(config) -> None:
         raise ConfigError(f"data.T={config.data.T}: the SyncNet loss (syncnet.path) needs T = 5 frames")
     if config.stage == "stage4" and config.data.T < 2 and config.loss.smooth:
         raise ConfigError("data.T must be >= 2 for the smoothness loss (loss.smooth)")
+    _check_discriminator_batch(config)
     for field in ("init_from", "resume_from", "perceptual.path", "syncnet.path", "audio2lip.init"):
         path = _get(config, field)
         if path and not os.path.exists(path):
             raise ConfigError(f"{field}={path!r}: no such file or directory")
+
+
+def _check_discriminator_batch(config) -> None:
+    """D's minibatch-stddev layer splits the images of each call into groups of
+    min(n, 4) (official, rosinality): n must divide evenly (stage 2 scores 2B and 4B
+    images per call, stage 4 B x T frames)."""
+    from edtalk_jax.models.discriminator import Discriminator
+
+    if not (config.loss.gan or config.train_discriminator):
+        return
+    b, group = config.batch_size, Discriminator.stddev_group
+    sizes = {"stage2": (2 * b, 4 * b), "stage4": (b * config.data.T,)}.get(config.stage, (b,))
+    for n in sizes:
+        if n % min(n, group):
+            fields = f"batch_size={b} x data.T={config.data.T}" if config.stage == "stage4" else f"batch_size={b}"
+            raise ConfigError(f"{fields}: the discriminator scores {n} images per call, which its "
+                              f"minibatch-stddev layer splits into groups of {group}; make it a multiple of {group}")
 
 
 def resolve_model(config, source: Optional[Mapping[str, Any]] = None,
@@ -79,7 +97,7 @@ def resolve_model(config, source: Optional[Mapping[str, Any]] = None,
     kind = m.kind
     source = dict(source or {})
     same_kind = source.get("kind") == kind or not source.get("kind")
-    out: Dict[str, Any] = {"kind": kind, "bank_mode": m.bank_mode}
+    out: Dict[str, Any] = {"kind": kind, "bank_mode": m.bank_mode, "flow_init_scale": m.flow_init_scale}
     for field in SHAPE_FIELDS:
         mine = m[field]
         theirs = source.get(field)
@@ -93,6 +111,10 @@ def resolve_model(config, source: Optional[Mapping[str, Any]] = None,
         out["exp_dim"] = 0
     elif out["exp_dim"] < 1:
         raise ConfigError(f"model.exp_dim={out['exp_dim']}: the 'generator' kind needs an expression bank")
+    bases = out["lip_dim"] + out["pose_dim"] + out["exp_dim"]
+    if bases > out["style_dim"]:  # QR would return style_dim columns, not one per coefficient
+        raise ConfigError(f"model.style_dim={out['style_dim']}: the motion bank has {bases} orthonormal bases "
+                          f"(lip_dim + pose_dim + exp_dim), more than the latent width can hold")
     try:
         log2_size(out["size"])
     except ValueError as e:

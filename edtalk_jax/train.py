@@ -80,8 +80,9 @@ def make_context(config, models: initialize.Models, abstract_params) -> common.C
     return common.Context(
         name=config.stage, models=models.as_dict(), weights=weights, loss_cfg=config.loss, config=config,
         compute_losses=spec.compute_losses, image_keys=data_stages.IMAGE_KEYS[spec.data_stage],
-        g_tx=optim.make_optimizer(o.g.to_dict(), g_params, freeze, mults, "optimizer"),
-        d_tx=optim.make_optimizer(o.d.to_dict(), common.d_side(abstract_params), freeze, mults, "optimizer"),
+        g_tx=optim.make_optimizer(o.g.to_dict(), g_params, freeze, mults, "optimizer", config.total_steps),
+        d_tx=optim.make_optimizer(o.d.to_dict(), common.d_side(abstract_params), freeze, mults, "optimizer",
+                                  config.total_steps),
         g_mask=optim.trainable_mask(g_params, freeze),
         d_mask=optim.trainable_mask(common.d_side(abstract_params), freeze),
         train_d=bool(config.train_discriminator), ema_decay=float(config.ema_decay),
@@ -164,9 +165,11 @@ class Run:
         convert = initialize.bank_converter(src.model.get("bank_mode", "qr"), self.config.model.bank_mode,
                                             src.params)
         params, counts = initialize.merge_source(params, src.params, keep, src.name, convert)
+        copied = counts.pop("paths")
         if self.config.model.bank_mode == "free":
-            params = initialize.exp_against_loaded(params, counts.pop("paths"))
-        counts.pop("paths", None)
+            params = initialize.exp_against_loaded(params, copied)
+        if self.config.model.eem_identity_init:
+            params = initialize.eem_identity(params, copied)
         model_state, _ = initialize.merge_source(model_state, src.model_state, keep, src.name)
         a2l = self.config.audio2lip.init if self.config.stage == "stage4" else ""
         if a2l:

@@ -29,13 +29,15 @@ class ModulatedConv2d(nn.Module):
     kernel_size: int
     demodulate: bool = True
     upsample: bool = False
+    init_scale: float = 1.0  # std of the initial weights (official: 1)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, style):
         cin, k = x.shape[-1], self.kernel_size
-        w = self.param("weight", normal_init(), (k, k, cin, self.features), self.param_dtype)
+        w = self.param("weight", normal_init(1.0 / self.init_scale), (k, k, cin, self.features),
+                       self.param_dtype)
         s = EqualLinear(cin, bias_init=1.0, dtype=self.dtype, param_dtype=self.param_dtype,
                         name="modulation")(style)  # (B, in)
         w = w * (1.0 / math.sqrt(cin * k * k))  # scaled before the cast: one rounding
@@ -104,14 +106,19 @@ class ToFlow(nn.Module):
     normalised-coordinate error e moves the sample by e * res / 2 pixels, and bfloat16
     (8 bits) near |x| = 1 has steps of 1/128, i.e. a pixel at 256^2. It is a 1x1 conv to
     3 channels, so the cost is small; mask and warped features use `dtype`.
+
+    `init_scale` scales the initial flow/mask weights (official: 1). With 1, the initial
+    flows of the finer levels scatter samples across the image; 0.1 starts them near the
+    base grid, which a short training run needs (configs/demo.py).
     """
+    init_scale: float = 1.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, out, style, feat, skip: Optional[jnp.ndarray] = None):
         fdt = jnp.promote_types(self.dtype, jnp.float32)
-        logits = ModulatedConv2d(3, 1, demodulate=False, dtype=fdt,
+        logits = ModulatedConv2d(3, 1, demodulate=False, init_scale=self.init_scale, dtype=fdt,
                                  param_dtype=self.param_dtype, name="conv")(out, style)
         logits = logits + self.param("bias", nn.initializers.zeros, (3,), self.param_dtype).astype(fdt)
         if skip is not None:

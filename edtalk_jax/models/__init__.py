@@ -11,7 +11,8 @@ from edtalk_jax.models.discriminator import Discriminator
 from edtalk_jax.models.generator import Generator
 from edtalk_jax.models.vgg import PerceptualNetwork
 
-GENERATOR_FIELDS = ("size", "channels", "style_dim", "lip_dim", "pose_dim", "exp_dim", "bank_mode", "eem_hidden")
+GENERATOR_FIELDS = ("size", "channels", "style_dim", "lip_dim", "pose_dim", "exp_dim", "bank_mode", "eem_hidden",
+                    "flow_init_scale")
 
 
 def build_model(kind: str, cfg: Dict[str, Any], dtype=jnp.float32, param_dtype=jnp.float32):

@@ -23,6 +23,7 @@ class Decoder(nn.Module):
     style_dim: int = 512
     use_eem: bool = True
     eem_hidden: int = 128
+    flow_init_scale: float = 1.0  # initial flow-head weight std (official: 1; ToFlow)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -51,7 +52,7 @@ class Decoder(nn.Module):
             feat = feats[lvl]
             if self.use_eem:
                 feat = EEM(self.style_dim, self.eem_hidden, name=f"eem_{lvl}", **kw)(feat, exp_latent)
-            feat_warp, out, skip_flow, flow, mask = ToFlow(name=f"to_flows_{lvl}", **kw)(
+            feat_warp, out, skip_flow, flow, mask = ToFlow(self.flow_init_scale, name=f"to_flows_{lvl}", **kw)(
                 out, latent, feat, skip_flow)
             skip_rgb = ToRGB(name=f"to_rgbs_{lvl}", **kw)(feat_warp, skip_rgb)
             flows.append(flow)

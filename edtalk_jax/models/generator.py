@@ -33,6 +33,7 @@ class Generator(nn.Module):
     exp_dim: int = 10
     bank_mode: str = "qr"
     eem_hidden: int = 128
+    flow_init_scale: float = 1.0  # initial flow-head weight std (official: 1)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -41,7 +42,7 @@ class Generator(nn.Module):
         d = self.style_dim
         self.enc = Encoder(self.size, self.channels, d, **kw)
         self.dec = Decoder(self.size, self.channels, d, use_eem=self.exp_dim > 0,
-                           eem_hidden=self.eem_hidden, **kw)
+                           eem_hidden=self.eem_hidden, flow_init_scale=self.flow_init_scale, **kw)
         self.bank = MotionBank(self.lip_dim, self.pose_dim, self.exp_dim, d, self.bank_mode,
                                param_dtype=self.param_dtype)
         self.fc = EqualMLP((d, d, d, d), **kw)
