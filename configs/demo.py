@@ -21,7 +21,7 @@ from ml_collections import config_dict
 from configs import base, stage1, stage2, stage3, stage4
 
 # Training steps per stage at the default (steps=1.0 scales them).
-STEPS = {"stage1": 500, "stage2": 150, "stage3": 150, "stage4": 200}
+STEPS = {"stage1": 600, "stage2": 150, "stage3": 200, "stage4": 300}
 SIZE = 32
 
 
@@ -29,7 +29,7 @@ def _common(config, steps: int, seed: int) -> None:
     config.seed = seed
     config.model.update(size=SIZE, channels=(64, 64, 64, 32), style_dim=64, lip_dim=8, pose_dim=6,
                         exp_dim=4 if config.model.kind == "generator" else 0, eem_hidden=16,
-                        bank_mode="free", flow_init_scale=0.1)
+                        bank_mode="free", flow_init_scale=0.01)
     config.batch_size = 4
     config.loss.gan = 0.05  # the GAN term refines; a short run is won by the reconstruction terms
     config.total_steps = steps
