@@ -31,4 +31,5 @@ def get_config(arg: str = ""):
     base.apply_arg(config, arg, base.PRESETS)
     if "tiny" in arg.split(","):
         config.data.datasets = None
+        config.data.T = 2  # batch 2 x 2 frames: D's stddev groups of 4 need B x T divisible by 4
     return config

@@ -62,17 +62,17 @@ def validate(config) -> None:
         raise ConfigError(f"data.T={config.data.T}: the SyncNet loss (syncnet.path) needs T = 5 frames")
     if config.stage == "stage4" and config.data.T < 2 and config.loss.smooth:
         raise ConfigError("data.T must be >= 2 for the smoothness loss (loss.smooth)")
-    _check_discriminator_batch(config)
     for field in ("init_from", "resume_from", "perceptual.path", "syncnet.path", "audio2lip.init"):
         path = _get(config, field)
         if path and not os.path.exists(path):
             raise ConfigError(f"{field}={path!r}: no such file or directory")
 
 
-def _check_discriminator_batch(config) -> None:
+def check_discriminator_batch(config) -> None:
     """D's minibatch-stddev layer splits the images of each call into groups of
     min(n, 4) (official, rosinality): n must divide evenly (stage 2 scores 2B and 4B
-    images per call, stage 4 B x T frames)."""
+    images per call, stage 4 B x T frames). Called after the mesh check, whose message
+    says more when both fail."""
     from edtalk_jax.models.discriminator import Discriminator
 
     if not (config.loss.gan or config.train_discriminator):

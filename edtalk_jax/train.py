@@ -98,6 +98,7 @@ class Run:
         os.makedirs(workdir, exist_ok=True)
         self.mesh = sharding.make_mesh(config.mesh)
         sharding.check_batch(config.batch_size, self.mesh, "batch_size")
+        run_config.check_discriminator_batch(config)
         self.ckpts = checkpointing.Checkpoints(
             workdir, keep_last=config.keep_checkpoints, keep_every_steps=config.keep_every_steps or None)
         self.source, self.mode = self._choose_source()
