@@ -102,6 +102,11 @@ class Run:
         self.ckpts = checkpointing.Checkpoints(
             workdir, keep_last=config.keep_checkpoints, keep_every_steps=config.keep_every_steps or None)
         self.source, self.mode = self._choose_source()
+        if self.source is not None and "gen" not in self.source.params:  # before anything compiles
+            field = "init_from" if self.mode == "init" else "resume_from"
+            raise run_config.ConfigError(
+                f"{field}={self.source.name}: holds a {self.source.model.get('kind', 'checkpoint without a generator')}, "
+                f"not a generator this {config.stage} run can start from")
         self.model_cfg = run_config.resolve_model(config, self.source.model if self.source else None,
                                                   "init_from" if self.mode == "init" else "resume_from")
         with config.unlocked():
@@ -116,6 +121,9 @@ class Run:
         self.consts = jax.device_put(consts, self.repl)
         self.ctx, self.state = self._init_state()
         self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.start_step = 0
+        if self.mode == "resume":  # the state first: stage 4 computes missing targets with it
+            self.start_step, self.state = self.ckpts.restore_latest(self.abstract_state)
         self.train_iter = self._loaders(spec.data_stage)
         self._restore_or_save_config()
 
@@ -157,11 +165,6 @@ class Run:
 
     def _merge(self, params, model_state):
         src = self.source
-        field = "init_from" if self.mode == "init" else "resume_from"
-        if "gen" not in src.params:
-            raise run_config.ConfigError(
-                f"{field}={src.name}: holds a {src.model.get('kind', 'checkpoint without a generator')}, "
-                f"not a generator this {self.config.stage} run can start from")
         keep = tuple(self.config.init_keep) if self.mode == "init" else (".*",)
         convert = initialize.bank_converter(src.model.get("bank_mode", "qr"), self.config.model.bank_mode,
                                             src.params)
@@ -246,10 +249,9 @@ class Run:
         _sync("targets")
 
     def _restore_or_save_config(self):
-        self.start_step = 0
-        if self.mode == "resume":
-            step, self.state = self.ckpts.restore_latest(self.abstract_state, self.train_iter)
-            self.start_step = int(step)
+        if self.mode == "resume":  # then the data position of the same step
+            self.state = self.ckpts.restore(self.start_step, self.abstract_state, self.train_iter)
+            self.start_step = int(self.start_step)
             log.info("resumed %s at step %d", self.workdir, self.start_step)
         if _is_main():
             checkpointing.write_config(self.workdir, dict(
