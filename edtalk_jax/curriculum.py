@@ -72,6 +72,9 @@ def run(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
                 stage.data.shards_dir = data_dir
         final = train.train_and_evaluate(stage, stage_dir, progress=progress)
         final.pop("_run", None)
+        if final["preempted"]:  # SIGTERM: the stage saved its checkpoint; rerunning resumes it
+            report["preempted"] = name
+            return report
         report["stages"][name] = _stage_report(name, final, time.perf_counter() - start)
         with open(report_path, "w") as f:
             json.dump(report, f, indent=1)
