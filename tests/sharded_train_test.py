@@ -92,8 +92,12 @@ def test_sharded_steps_equal_single_device_and_checkpoints_move_between_meshes(t
     line = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")][-1]
     report = json.loads(line[len("REPORT "):])
     for name in ("dp", "fsdp"):
-        assert report[name]["max_diff"] < 1e-4, report
+        # Losses agree to float rounding. Parameters are compared after Adam: where a
+        # gradient entry is ~0, Adam divides it by its own magnitude, so a rounding
+        # difference (another reduction order) can move that entry by up to 2 lr per
+        # step (lr 0.0016 here, 2 steps): bounded well below any real placement error.
         assert abs(report[name]["loss"] - report["single_loss"]) < 1e-4, report
+        assert report[name]["max_diff"] < 0.02, report
     assert report["fsdp"]["sharded_leaves"] > 0, report  # FSDP really shards parameters
     assert report["fsdp"]["param_bytes"] < report["dp"]["param_bytes"], report
     assert report["restore"]["step"] == 2 and report["restore"]["equal"], report
