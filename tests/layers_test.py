@@ -265,6 +265,83 @@ def test_conv2d_torch(stride, padding):
     close(layer.apply(v, x), nhwc(np_conv2d(nchw(x), oihw(p["weight"]), p["bias"], stride, padding)))
 
 
+# ------------------------------------------------------------------ conv gradients (XLA:CPU VJPs)
+
+def _lax_conv(x, w, stride, pad, lhs_dilation=(1, 1)):
+    return jax.lax.conv_general_dilated(x, w, stride, pad, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=equalized.NHWC)
+
+
+def _assert_same_vjp(f, ref, *args, tol=1e-11):
+    """f and ref: same value, same VJP (both arguments) for a random cotangent."""
+    y, vjp = jax.vjp(f, *args)
+    y_ref, vjp_ref = jax.vjp(ref, *args)
+    close(y, np.asarray(y_ref), tol)
+    dy = jnp.asarray(rand(*y.shape, seed=7))
+    for got, want in zip(vjp(dy), vjp_ref(dy)):
+        close(got, np.asarray(want), tol)
+
+
+# (input h, w, kernel, stride, padding): every conv shape of the models (3x3 and 1x1 same,
+# 3x3 and 1x1 stride 2 valid after the blur, the 4x4 valid head, Audio2Lip's (3, 1) and
+# (1, 2) strides), plus asymmetric padding and more padding than the kernel.
+CONV_CASES = [(7, 8, 3, 1, 1), (7, 8, 1, 1, 0), (9, 9, 3, 2, 0), (8, 8, 1, 2, 0), (4, 4, 4, 1, 0),
+              (9, 7, 3, (3, 1), 1), (6, 9, 3, (1, 2), 1), (7, 7, 3, 1, ((0, 2), (1, 0))),
+              (5, 6, 3, 1, 3), (10, 10, 4, 3, 2)]
+
+
+@pytest.mark.parametrize("h,w,k,stride,padding", CONV_CASES)
+def test_conv2d_gradients_match_xla_autodiff(h, w, k, stride, padding):
+    """conv2d (with its per-tap weight-gradient VJP on CPU) against autodiff of plain
+    lax.conv_general_dilated: values, first and second derivatives (R1 differentiates D's
+    input gradient)."""
+    x, wt = jnp.asarray(rand(2, h, w, 3)), jnp.asarray(rand(k, k, 3, 4, seed=2))
+    st = equalized._stride2(stride)
+    pad = equalized._pairs(padding)
+    f = lambda x, w: equalized.conv2d(x, w, stride, padding)
+    ref = lambda x, w: _lax_conv(x, w, st, pad)
+    _assert_same_vjp(f, ref, x, wt)
+
+    def r1(conv_fn):  # gradient of a function of the input gradient
+        return jax.grad(lambda x, w: jnp.sum(jnp.square(jax.grad(
+            lambda x: jnp.sum(jnp.sin(conv_fn(x, w))))(x))), (0, 1))(x, wt)
+    for got, want in zip(r1(f), r1(ref)):
+        close(got, np.asarray(want), 1e-10)
+
+
+@pytest.mark.parametrize("h,w,k,stride,crop", [(4, 5, 3, 2, 0), (5, 4, 4, 2, 0), (3, 3, 1, 2, 0),
+                                                (4, 4, 3, 3, 0), (4, 6, 3, (1, 2), 0),
+                                                (4, 4, 3, 2, ((1, 0), (0, -1))), (5, 5, 3, 1, 1)])
+def test_conv_transpose2d_matches_dilated_conv(h, w, k, stride, crop):
+    """The polyphase transposed conv against the dilated-input form (torch conv_transpose2d
+    semantics), values and VJP."""
+    x, wt = jnp.asarray(rand(2, h, w, 3)), jnp.asarray(rand(k, k, 3, 4, seed=2))
+    st = equalized._stride2(stride)
+    (t, b), (l, r) = equalized._pairs(crop)
+    ref = lambda x, w: _lax_conv(x, jnp.flip(w, (0, 1)), (1, 1),
+                                 ((k - 1 - t, k - 1 - b), (k - 1 - l, k - 1 - r)), lhs_dilation=st)
+    _assert_same_vjp(lambda x, w: equalized.conv_transpose2d(x, w, stride, crop), ref, x, wt)
+
+
+@pytest.mark.parametrize("up,down,pad", [(1, 1, (2, 2)), (1, 1, (1, 1)), (1, 1, (0, 3)), (2, 1, (2, 1)),
+                                         (1, 2, (1, 2)), (2, 2, (3, 0))])
+def test_upfirdn2d_gradient_matches_depthwise_conv(up, down, pad):
+    """upfirdn2d (shifted slices on CPU, own VJP at up = down = 1) against autodiff of the
+    depthwise-conv form, first and second order."""
+    x, kernel = jnp.asarray(rand(2, 6, 7, 3)), rand(4, 4, seed=3)
+    p0, p1 = pad
+
+    def ref(x):
+        w = jnp.broadcast_to(jnp.asarray(np.flip(kernel, (0, 1)))[:, :, None, None], (4, 4, 1, 3))
+        return jax.lax.conv_general_dilated(
+            x, w, (down, down), ((p0, p1 + up - 1),) * 2, lhs_dilation=(up, up),
+            dimension_numbers=equalized.NHWC, feature_group_count=3)
+    f = lambda x: upfirdn.upfirdn2d(x, kernel, up, down, pad)
+    _assert_same_vjp(f, ref, x)
+    g2 = lambda fn: jax.grad(lambda x: jnp.sum(jnp.square(jax.grad(lambda x: jnp.sum(jnp.sin(fn(x))))(x))))(x)
+    close(g2(f), np.asarray(g2(ref)), 1e-10)
+
+
 # ------------------------------------------------------------------ upfirdn2d
 
 def test_make_kernel():

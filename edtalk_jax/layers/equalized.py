@@ -6,6 +6,7 @@ code does, so converted weights are the official tensors, only transposed.
 """
 
 import math
+from functools import partial
 from typing import Any
 
 import flax.linen as nn
@@ -22,14 +23,123 @@ def fused_leaky_relu(x, bias, negative_slope=0.2, scale=math.sqrt(2)):
     return jax.nn.leaky_relu(x + bias, negative_slope) * scale
 
 
+def _pairs(padding):
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _stride2(stride):
+    return (int(stride), int(stride)) if isinstance(stride, int) else tuple(int(s) for s in stride)
+
+
 def conv2d(x, w, stride=1, padding=0, lhs_dilation=1, groups=1):
-    """NHWC x HWIO convolution with explicit symmetric padding (never 'SAME': XLA pads
-    strided convs asymmetrically, torch does not)."""
-    pad = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
+    """NHWC x HWIO cross-correlation with explicit padding (never 'SAME': XLA pads strided
+    convs asymmetrically, torch does not). `stride`: int or (sh, sw); `padding`: int or
+    ((top, bottom), (left, right)).
+
+    On XLA:CPU, ungrouped convs take `_conv_cpu`, whose hand-written VJP computes the
+    weight gradient as one dot per kernel tap (docs/benchmarks.md, "Convolution backward
+    on XLA:CPU"): XLA's own weight-gradient convolution runs at a fifth of the forward's
+    speed there. Elsewhere (GPU, TPU) XLA's convolution and its autodiff are used as is.
+    `lhs_dilation` > 1 (a transposed conv written as a dilated-input conv) is left to XLA:
+    use `conv_transpose2d`, which does not multiply the inserted zeros.
+    """
+    pad, stride = _pairs(padding), _stride2(stride)
+    if groups == 1 and lhs_dilation == 1 and jax.default_backend() == "cpu":
+        return _conv_cpu(x, w, stride, pad)
     return lax.conv_general_dilated(
-        x, w, window_strides=(stride, stride), padding=pad,
+        x, w, window_strides=stride, padding=pad,
         lhs_dilation=(lhs_dilation, lhs_dilation), dimension_numbers=NHWC,
         feature_group_count=groups)
+
+
+def _xla_conv(x, w, stride, pad):
+    return lax.conv_general_dilated(x, w, stride, pad, dimension_numbers=NHWC)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_cpu(x, w, stride, pad):
+    return _xla_conv(x, w, stride, pad)
+
+
+def _conv_cpu_fwd(x, w, stride, pad):
+    return _xla_conv(x, w, stride, pad), (x, w)
+
+
+def conv_weight_grad(x, dy, kernel_shape, stride, pad):
+    """d/dw of conv2d(x, w, stride, pad) against the output cotangent dy, as one dot per tap:
+    dw[i, j] = sum over (b, p, q) of xpad[b, sh*p + i, sw*q + j, :]^T dy[b, p, q, :]."""
+    kh, kw = kernel_shape
+    sh, sw = stride
+    b, _, _, c = x.shape
+    _, ho, wo, o = dy.shape
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), pad[0] + (0,), pad[1] + (0,), (0, 0, 0)))
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            xs = lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
+                           (1, sh, sw, 1))
+            taps.append(lax.dot_general(xs, dy, (((0, 1, 2), (0, 1, 2)), ((), ())),
+                                        preferred_element_type=acc))
+    return jnp.stack(taps).reshape(kh, kw, c, o)
+
+
+def _conv_cpu_bwd(stride, pad, res, dy):
+    x, w = res
+    kh, kw = w.shape[:2]
+    dw = conv_weight_grad(x, dy, (kh, kw), stride, pad).astype(w.dtype)
+    # dx: the transposed conv of dy, cropped to the unpadded input (padded rows that no
+    # window reaches get zero gradient).
+    crop = []
+    for a, k in enumerate((kh, kw)):
+        full = (dy.shape[1 + a] - 1) * stride[a] + k
+        hp = x.shape[1 + a] + pad[a][0] + pad[a][1]
+        crop.append((pad[a][0], full - hp + pad[a][1]))
+    dx = conv_transpose2d(dy, jnp.swapaxes(w, 2, 3), stride, tuple(crop))
+    return dx.astype(x.dtype), dw
+
+
+_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+
+
+def conv_transpose2d(x, w, stride=2, crop=0):
+    """torch conv_transpose2d(x, w, stride, padding=crop) in NHWC/HWIO (I = x's channels):
+    out[b, sh*p + i, sw*q + j] += x[b, p, q] @ w[i, j], of height (H - 1) * sh + kh before
+    the crop. `stride`: int or (sh, sw); `crop`: int or ((top, bottom), (left, right)); a
+    negative crop appends zeros.
+
+    Polyphase: the output rows/columns of phase (a, c) (mod s) are an ordinary conv of x
+    with the flipped taps w[a::s, c::s], interleaved afterwards (depth to space), so
+    nothing multiplies the zeros that the dilated-input form (lhs_dilation = s) inserts:
+    s^2 times less work. Every phase goes through `conv2d` and its VJP."""
+    kh, kw = w.shape[:2]
+    b, h, wd, _ = x.shape
+    o = w.shape[3]
+    sh, sw = _stride2(stride)
+    crop = _pairs(crop)
+    if sh == sw == 1:  # one conv: the crop becomes (less) padding
+        return conv2d(x, jnp.flip(w, (0, 1)),
+                      padding=tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), crop)))
+    oh, ow = (h - 1) * sh + kh, (wd - 1) * sw + kw
+    lh, lw = -(-oh // sh), -(-ow // sw)  # rows / columns per phase, padded to equal lengths
+    rows = []
+    for a in range(sh):
+        cols = []
+        for c in range(sw):
+            sub = w[a::sh, c::sw]
+            nh, nw = sub.shape[:2]
+            if nh == 0 or nw == 0:  # kernel smaller than the stride: this phase is zero
+                cols.append(jnp.zeros((b, lh, lw, o), x.dtype))
+                continue
+            y = conv2d(x, jnp.flip(sub, (0, 1)), padding=((nh - 1, nh - 1), (nw - 1, nw - 1)))
+            cols.append(jnp.pad(y, ((0, 0), (0, lh - y.shape[1]), (0, lw - y.shape[2]), (0, 0))))
+        rows.append(jnp.stack(cols, axis=3))  # (B, lh, lw, sw, O): column phase
+    y = jnp.stack(rows, axis=2).reshape(b, lh * sh, lw * sw, o)  # (B, lh, sh, lw, sw, O) interleaved
+    (t, bt), (l, r) = crop
+    return lax.pad(y, jnp.zeros((), y.dtype),
+                   ((0, 0, 0), (-t, oh - lh * sh - bt, 0), (-l, ow - lw * sw - r, 0), (0, 0, 0)))
 
 
 def normal_init(lr_mul: float = 1.0):
@@ -131,6 +241,5 @@ class Conv2d(nn.Module):
         b = self.param("bias", init, (self.features,), self.param_dtype)
         stride = (self.stride, self.stride) if isinstance(self.stride, int) else tuple(self.stride)
         p = self.padding
-        out = lax.conv_general_dilated(x.astype(self.dtype), w.astype(self.dtype), stride,
-                                       ((p, p), (p, p)), dimension_numbers=NHWC)
+        out = conv2d(x.astype(self.dtype), w.astype(self.dtype), stride, p)
         return out + b.astype(self.dtype)

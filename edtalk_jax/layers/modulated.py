@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from edtalk_jax.layers.equalized import EqualLinear, FusedLeakyReLU, conv2d, normal_init
+from edtalk_jax.layers.equalized import EqualLinear, FusedLeakyReLU, conv2d, conv_transpose2d, normal_init
 from edtalk_jax.layers.conv import ConvLayer
 from edtalk_jax.layers.upfirdn import blur, upsample
 from edtalk_jax.layers.warp import base_grid, grid_sample
@@ -23,7 +23,8 @@ class ModulatedConv2d(nn.Module):
     Computed in the non-fused form (modulate the input, one shared conv, demodulate the
     output), which equals the official grouped conv exactly in real arithmetic and batches
     well on accelerators. The upsampling path is the official stride-2 transposed conv
-    (size 2H+k-2) followed by a 4x4 blur (kernel x4; pad (1, 1) for k = 3) back to 2H.
+    (size 2H+k-2; polyphase, `conv_transpose2d`) followed by a 4x4 blur (kernel x4; pad
+    (1, 1) for k = 3) back to 2H.
     """
     features: int
     kernel_size: int
@@ -44,8 +45,7 @@ class ModulatedConv2d(nn.Module):
         x = x.astype(self.dtype) * s[:, None, None, :]
         wc = w.astype(self.dtype)
         if self.upsample:
-            # conv_transpose2d(stride 2, pad 0) == dilated-input conv with the flipped kernel.
-            x = conv2d(x, jnp.flip(wc, (0, 1)), padding=k - 1, lhs_dilation=2)
+            x = conv_transpose2d(x, wc, stride=2)  # official conv_transpose2d(stride 2, pad 0)
         else:
             x = conv2d(x, wc, padding=k // 2)
         if self.demodulate:

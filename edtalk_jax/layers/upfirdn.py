@@ -6,8 +6,10 @@ flipped kernel per channel and subsampled by `down`. Implemented as one depthwis
 convolution (lhs dilation = the zero insertion, window stride = the subsampling).
 """
 
+from functools import partial
 from typing import Sequence, Tuple
 
+import jax
 import numpy as np
 import jax.numpy as jnp
 from jax import lax
@@ -27,15 +29,65 @@ def make_kernel(k: Sequence[float] = BLUR_KERNEL) -> np.ndarray:
 
 def upfirdn2d(x, kernel, up: int = 1, down: int = 1, pad: Tuple[int, int] = (0, 0)):
     """x: (B, H, W, C); kernel: (kh, kw). Output side (H*up + p0 + p1 - kh) // down + 1."""
-    c = x.shape[-1]
-    k = jnp.asarray(np.flip(np.asarray(kernel), (0, 1)), dtype=x.dtype)
-    w = jnp.broadcast_to(k[:, :, None, None], k.shape + (1, c))
     p0, p1 = pad
-    # lhs dilation yields (H-1)*up+1 samples; the up-1 trailing zeros join the right pad.
-    padding = ((p0, p1 + up - 1), (p0, p1 + up - 1))
-    return lax.conv_general_dilated(x, w, window_strides=(down, down), padding=padding,
-                                    lhs_dilation=(up, up), dimension_numbers=NHWC,
-                                    feature_group_count=c)
+    # The zero insertion yields (H-1)*up+1 samples; the up-1 trailing zeros join the right pad.
+    cfg = (p0, p1 + up - 1, up - 1)
+    if jax.default_backend() != "cpu":
+        c = x.shape[-1]
+        k = jnp.asarray(np.flip(np.asarray(kernel), (0, 1)), dtype=x.dtype)
+        w = jnp.broadcast_to(k[:, :, None, None], k.shape + (1, c))
+        return lax.conv_general_dilated(x, w, window_strides=(down, down), padding=(cfg[:2], cfg[:2]),
+                                        lhs_dilation=(up, up), dimension_numbers=NHWC,
+                                        feature_group_count=c)
+    # XLA:CPU runs the depthwise conv (and far worse, its gradient) at a few hundred MFLOP/s
+    # (docs/benchmarks.md, "Convolution backward on XLA:CPU"): there the correlation is a
+    # sum of kh*kw scaled shifted slices, which XLA fuses into one elementwise loop.
+    k = tuple(map(tuple, np.asarray(kernel, dtype=np.float64).tolist()))
+    if up == 1 and down == 1:
+        return _fir_same_rate(x, k, (p0, p1))
+    return _fir_taps(x, k, down, cfg)
+
+
+def _fir_taps(x, k, down, cfg):
+    """Correlation of lax.pad(x, cfg) with the flipped kernel k, subsampled by `down`."""
+    kh, kw = len(k), len(k[0])
+    b, _, _, c = x.shape
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), cfg, cfg, (0, 0, 0)))
+    hp, wp = xp.shape[1:3]
+    oh, ow = (hp - kh) // down + 1, (wp - kw) // down + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            coef = k[kh - 1 - i][kw - 1 - j]
+            if coef == 0:
+                continue
+            tap = lax.slice(xp, (0, i, j, 0), (b, i + (oh - 1) * down + 1, j + (ow - 1) * down + 1, c),
+                            (1, down, down, 1)) * jnp.asarray(coef, x.dtype)
+            out = tap if out is None else out + tap
+    return jnp.zeros((b, oh, ow, c), x.dtype) if out is None else out
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _fir_same_rate(x, k, pad):
+    """up = down = 1. Its VJP is the same filter with the kernel flipped and the padding
+    complemented (k - 1 - p), again as shifted slices: autodiff would transpose the slices
+    into kh*kw pads of the cotangent, which XLA:CPU sums several times slower."""
+    return _fir_taps(x, k, 1, (pad[0], pad[1], 0))
+
+
+def _fir_same_rate_fwd(x, k, pad):
+    return _fir_same_rate(x, k, pad), None
+
+
+def _fir_same_rate_bwd(k, pad, _, dy):
+    kh, kw = len(k), len(k[0])
+    if kh != kw:
+        raise NotImplementedError("upfirdn2d gradient: square kernels only")
+    flipped = tuple(tuple(row[::-1]) for row in k[::-1])
+    return (_fir_same_rate(dy, flipped, (kh - 1 - pad[0], kh - 1 - pad[1])),)
+
+
+_fir_same_rate.defvjp(_fir_same_rate_fwd, _fir_same_rate_bwd)
 
 
 def blur(x, pad: Tuple[int, int], upsample_factor: int = 1, kernel=BLUR_KERNEL):
