@@ -34,8 +34,11 @@ def main(argv):
         logging.getLogger(name).setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax/grain INFO chatter
     from edtalk_jax import distributed
-    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
-                           auto=f.distributed == "auto", timeout=f.initialization_timeout)
+    try:
+        distributed.initialize(f.coordinator_address, f.num_processes, f.process_id,
+                               auto=f.distributed == "auto", timeout=f.initialization_timeout)
+    except (ValueError, distributed.CoordinatorError) as e:
+        raise SystemExit(f"launch.train: {e}") from None
     if "curriculum" in f.config:
         from edtalk_jax import curriculum
         result = curriculum.run(f.config, f.workdir, progress=f.progress)
