@@ -50,6 +50,9 @@ EMOTION_PARAMS = {
 }
 LEVEL_SCALE = {1: 0.45, 2: 0.75, 3: 1.0}
 POSE_RANGE = {"yaw": 25.0, "pitch": 15.0, "roll": 10.0, "tx": 0.05, "ty": 0.05, "scale": 0.1}
+# Background stripes with a period under this many pixels would alias into moire
+# patterns (at 32^2 the widest are 2.6 px); they are drawn as their mean shade instead.
+MIN_STRIPE_PERIOD_PX = 4.0
 ENVELOPE_WINDOW = 1280  # 80 ms Hann window for mouth_open / lip_round
 
 
@@ -406,9 +409,12 @@ def _background(ident: dict, size: int) -> np.ndarray:
     cos, sin = np.cos(ident["bg_angle"]), np.sin(ident["bg_angle"])
     g = np.clip(xx * cos + yy * sin + 0.5, 0, 1)[..., None]
     img = ident["bg"][0] * (1 - g) + ident["bg"][1] * g
-    if ident["bg_stripes"] > 0:
+    period_px = ident["bg_stripes"] * size
+    if period_px >= MIN_STRIPE_PERIOD_PX:
         stripes = np.sin(2 * np.pi * (xx * sin - yy * cos) / ident["bg_stripes"]) > 0
         img *= 1 - 0.1 * stripes[..., None]
+    elif period_px > 0:  # finer than the pixel grid can show: drawn as its mean shade, not aliased
+        img *= 1 - 0.05
     return img.astype(np.uint8)
 
 

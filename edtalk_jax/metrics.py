@@ -79,8 +79,13 @@ def to_uint8(images) -> np.ndarray:
     return np.clip(np.round((x.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def image_grid(columns: Sequence[Tuple[str, Any]], max_rows: int = 4) -> np.ndarray:
+def image_grid(columns: Sequence[Tuple[str, Any]], max_rows: int = 4, min_cell: int = 0) -> np.ndarray:
     """One uint8 (H', W', 3) picture: a row per example, a column per named image batch.
+
+    min_cell: images whose larger side is under it are enlarged by the integer factor
+    that brings them closest to it without exceeding it (nearest neighbour, so pixels
+    stay exact); a 32^2 demo frame becomes a 128^2 cell, readable and wide enough for
+    its label. The layout below is then in enlarged pixels.
 
     columns: `(label, images)` with images (B, H, W, 3), float in [-1, 1] or uint8. Rows
     are the first min(B, max_rows) examples. Cells are the largest H x W, images placed
@@ -98,6 +103,9 @@ def image_grid(columns: Sequence[Tuple[str, Any]], max_rows: int = 4) -> np.ndar
             raise ValueError(f"column {label!r}: expected (B, H, W, 3) images, got {x.shape}")
         cols.append((str(label), x))
     rows = min(max_rows, min(x.shape[0] for _, x in cols))
+    k = max(1, min_cell // max(max(x.shape[1:3]) for _, x in cols))
+    if k > 1:
+        cols = [(label, x[:rows].repeat(k, axis=1).repeat(k, axis=2)) for label, x in cols]
     h = max(x.shape[1] for _, x in cols)
     w = max(x.shape[2] for _, x in cols)
     top = GRID_LABEL_H + GRID_SEP

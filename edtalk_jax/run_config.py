@@ -14,6 +14,7 @@ from edtalk_jax.steps import STAGES as STAGE_SPECS
 
 SHAPE_FIELDS = ("size", "style_dim", "lip_dim", "pose_dim", "exp_dim", "eem_hidden")
 CHOICES = {
+    "init_prng": ("threefry2x32", "rbg", "unsafe_rbg"),
     "model.kind": ("generator", "lip_pose"),
     "model.bank_mode": ("qr", "free"),
     "model.dtype": ("float32", "bfloat16"),

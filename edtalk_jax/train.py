@@ -138,7 +138,7 @@ class Run:
         return None, "fresh"
 
     def _init_state(self):
-        config, rng = self.config, jax.random.PRNGKey(self.config.seed)
+        config, rng = self.config, jax.random.key(self.config.seed, impl=self.config.init_prng)
         if self.mode == "resume":
             saved = checkpointing.read_config(checkpointing.resolve(self.workdir)) or {}
             if saved.get("resolved_model") and _norm(saved["resolved_model"]) != _norm(self.model_cfg):
@@ -310,6 +310,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
                     throughput.flops_per_step = _flops(compiled)
                     last["perf/compile_seconds"] = time.perf_counter() - t0
                     last["perf/setup_seconds"] = t0 - setup_start
+                    log.info("%s: set up in %.1f s, step compiled in %.1f s", config.stage,
+                             t0 - setup_start, last["perf/compile_seconds"])
                     if throughput.flops_per_step:
                         last["perf/flops_per_step"] = throughput.flops_per_step
                 state, step_metrics = compiled(state, batch, rng, run.consts)
@@ -328,7 +330,9 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
                                     psnr=f"{scalars.get('train/psnr', float('nan')):.2f}")
                 want_images = every(config.images_every_steps, step) or is_last
                 if run.eval_batches and (every(config.eval_every_steps, step) or is_last or want_images):
+                    t_eval = time.perf_counter()
                     ev, images = evaluate(eval_fn, state, run.eval_batches, mesh, run.consts)
+                    log.info("%s: evaluated step %d in %.1f s", config.stage, step, time.perf_counter() - t_eval)
                     writer.write_scalars(step, ev)
                     last.update(ev)
                     if want_images:
@@ -380,7 +384,8 @@ def evaluate(eval_fn, state, batches, mesh, consts):
 def write_samples(columns, workdir: str, step: int, writer) -> None:
     """The grid PNG (WORKDIR/samples/<step>.png) and its TensorBoard image."""
     columns = jax.device_get(columns)
-    grid = metrics.image_grid([(name.split(" ", 1)[1], np.asarray(x)) for name, x in sorted(columns.items())])
+    grid = metrics.image_grid([(name.split(" ", 1)[1], np.asarray(x)) for name, x in sorted(columns.items())],
+                              min_cell=128)
     writer.write_images(step, {"samples": grid})
     if _is_main():
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)

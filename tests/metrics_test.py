@@ -72,6 +72,17 @@ def test_image_grid_places_images():
     assert metrics.image_grid([("a", src[:2])]).shape[0] == top + 2 * h + sep  # rows = min(B, max_rows)
 
 
+def test_image_grid_enlarges_small_images():
+    x = np.random.RandomState(2).randint(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    grid = metrics.image_grid([("source", x), ("driving", x)], min_cell=128)
+    top, sep = metrics.GRID_LABEL_H + metrics.GRID_SEP, metrics.GRID_SEP
+    assert grid.shape == (top + 2 * 128 + sep, 2 * 128 + sep, 3)
+    np.testing.assert_array_equal(grid[top:top + 128, :128], x[0].repeat(4, 0).repeat(4, 1))
+    np.testing.assert_array_equal(grid[top + 128 + sep:top + 256 + sep, 128 + sep:], x[1].repeat(4, 0).repeat(4, 1))
+    assert metrics.image_grid([("a", x)], min_cell=100).shape[1] == 96  # integer factor, not over
+    assert metrics.image_grid([("a", x)], min_cell=20).shape[1] == 32  # never shrunk
+
+
 def test_save_png_round_trip(tmp_path):
     img = np.random.RandomState(1).randint(0, 256, (9, 7, 3)).astype(np.uint8)
     path = str(tmp_path / "grid.png")

@@ -249,3 +249,15 @@ def test_worker_processes_match(tmp_path):
     store = shards.ClipStore(tmp_path)
     for i, speaker in enumerate((0, 1)):
         assert shards.encode_clip(store.record(i)) == shards.encode_clip(synthetic.render_clip(cfg, speaker, 0))
+
+
+def test_background_stripes_are_not_aliased():
+    """Stripes finer than MIN_STRIPE_PERIOD_PX become their mean shade; wider ones stay."""
+    ident = {"bg": (np.array([200.0, 100.0, 50.0]), np.array([60.0, 160.0, 220.0])),
+             "bg_angle": 0.7, "bg_stripes": 0.05}
+    plain = synthetic._background(dict(ident, bg_stripes=0.0), 32).astype(np.float64)
+    small = synthetic._background(ident, 32).astype(np.float64)  # a 1.6 px period
+    np.testing.assert_allclose(small, np.floor(plain * 0.95 + 0.5), atol=1.01)
+    big = synthetic._background(ident, 256).astype(np.float64)  # a 12.8 px period: drawn
+    ratio = big / np.maximum(synthetic._background(dict(ident, bg_stripes=0.0), 256), 1)
+    assert (ratio < 0.93).mean() > 0.3 and (ratio > 0.97).mean() > 0.3
