@@ -168,6 +168,31 @@ def test_anti_alias_downsample(scale):
         close(got, np_anti_alias(nchw(x), scale).transpose(0, 2, 3, 1), tol=1e-6)  # float32 kernel
 
 
+
+@pytest.mark.parametrize("scale,h,w", [(0.5, 16, 16), (0.25, 12, 17), (0.125, 16, 16), (0.125, 21, 9)])
+def test_anti_alias_downsample_dots_match_depthwise_conv(scale, h, w):
+    """The CPU path (selection + banded-matrix dots) against the depthwise conv it replaces
+    (values and VJP, float64), odd sizes included."""
+    with jax.enable_x64(True):
+        x = jnp.asarray(rand(2, h, w, 3))
+        k = vgg.gaussian_kernel(scale)
+        ka = k.shape[0] // 2
+        kb = ka - 1 if k.shape[0] % 2 == 0 else ka
+        step = int(1 / scale)
+
+        def ref(x):
+            wt = jnp.broadcast_to(jnp.asarray(k, x.dtype)[:, :, None, None], k.shape + (1, 3))
+            out = jax.lax.conv_general_dilated(x, wt, (1, 1), ((ka, kb), (ka, kb)),
+                                               dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=3)
+            return out[:, ::step, ::step]
+        f = lambda x: vgg._blur_subsample_dots(x, k, (ka, kb), step)
+        y, vjp = jax.vjp(f, x)
+        y_ref, vjp_ref = jax.vjp(ref, x)
+        close(y, np.asarray(y_ref), tol=1e-12)
+        dy = jnp.asarray(rand(*y.shape, seed=5))
+        close(vjp(dy)[0], np.asarray(vjp_ref(dy)[0]), tol=1e-12)
+
+
 # torchvision vgg19 (cfg "E") `features`, and the official slices relu1_1 ... relu5_1.
 VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512)
 SLICES = ((0, 2), (2, 7), (7, 12), (12, 21), (21, 30))

@@ -123,3 +123,22 @@ def test_image_size_check():
     perceptual.check_perceptual_size(dict(scales=(1.0,)), 16)
     with pytest.raises(ValueError, match="8 px, below the 16 px"):
         perceptual.check_perceptual_size(dict(scales=(1.0, 0.5, 0.25, 0.125)), 64)
+
+
+def test_step_perceptual_matches_one_call_on_pred_and_target():
+    """steps.common.perceptual (separate calls, target gradient-stopped) against one call on
+    [pred; target]: the same loss and the same gradient for pred."""
+    import types
+    from edtalk_jax.steps import common
+    net, variables = perceptual.load_perceptual(dict(backbone="random_vgg19", scales=(1.0, 0.5)))
+    ctx = types.SimpleNamespace(models={"perceptual": net})
+    pred, target = jnp.asarray(_image(3)), jnp.asarray(_image(4))
+
+    def joint(pred):
+        feats = net.apply(variables, jnp.concatenate([pred, target]))
+        return losses.perceptual_loss(jax.tree.map(lambda f: f[:2], feats), jax.tree.map(lambda f: f[2:], feats))
+    split = lambda pred: common.perceptual(ctx, {"perceptual": variables}, pred, target)
+    np.testing.assert_allclose(split(pred), joint(pred), rtol=1e-5)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(split(p))))(pred)
+    g_ref = jax.jit(jax.grad(lambda p: jnp.sum(joint(p))))(pred)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(g_ref))))

@@ -69,7 +69,7 @@ def _conv_cpu_fwd(x, w, stride, pad):
 
 def conv_weight_grad(x, dy, kernel_shape, stride, pad):
     """d/dw of conv2d(x, w, stride, pad) against the output cotangent dy, as one dot per tap:
-    dw[i, j] = sum over (b, p, q) of xpad[b, sh*p + i, sw*q + j, :]^T dy[b, p, q, :]."""
+    dw[i, j] = (sum over (b, p, q) of dy[b, p, q, :]^T xpad[b, sh*p + i, sw*q + j, :])^T."""
     kh, kw = kernel_shape
     sh, sw = stride
     b, _, _, c = x.shape
@@ -81,9 +81,12 @@ def conv_weight_grad(x, dy, kernel_shape, stride, pad):
         for j in range(kw):
             xs = lax.slice(xp, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                            (1, sh, sw, 1))
-            taps.append(lax.dot_general(xs, dy, (((0, 1, 2), (0, 1, 2)), ((), ())),
+            # dy as the left operand, (O, C) out: XLA:CPU then transposes dy once for all
+            # taps; with xs on the left it wrote a transposed copy of every tap's slice,
+            # which cost as much as the dots (docs/benchmarks.md, "Stage-2 step at 128² on CPU").
+            taps.append(lax.dot_general(dy, xs, (((0, 1, 2), (0, 1, 2)), ((), ())),
                                         preferred_element_type=acc))
-    return jnp.stack(taps).reshape(kh, kw, c, o)
+    return jnp.swapaxes(jnp.stack(taps).reshape(kh, kw, o, c), 2, 3)
 
 
 def _conv_cpu_bwd(stride, pad, res, dy):

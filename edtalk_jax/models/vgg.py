@@ -108,12 +108,42 @@ def anti_alias_downsample(img, scale: float):
     k = gaussian_kernel(scale)
     ka = k.shape[0] // 2
     kb = ka - 1 if k.shape[0] % 2 == 0 else ka
+    step = int(1 / scale)
+    if jax.default_backend() == "cpu":
+        return _blur_subsample_dots(img, k, (ka, kb), step)
     c = img.shape[-1]
     w = jnp.broadcast_to(jnp.asarray(k, img.dtype)[:, :, None, None], k.shape + (1, c))
     out = jax.lax.conv_general_dilated(img, w, (1, 1), ((ka, kb), (ka, kb)),
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
-    step = int(1 / scale)
     return out[:, ::step, ::step]
+
+
+def _blur_subsample_dots(img, k, pad, step):
+    """The same values on XLA:CPU as two dots (float32 reassociation only): only every
+    step-th output pixel is kept, so kernel row i reads input rows step*p + i - pad[0]
+    (a 0/1 selection matrix `sel`, exact) and is applied along the columns as a banded
+    (out columns x in columns) matrix `cols` holding k[i] (zero padding = missing
+    entries). XLA:CPU ran the 29x29 depthwise conv of the 1/8 scale (and its gradient)
+    at under 1 GFLOP/s: ~1.4 s per call on 8 images at 128² (docs/benchmarks.md,
+    "Stage-2 step at 128² on CPU")."""
+    kh, kw = k.shape
+    _, h, w, _ = img.shape
+    oh, ow = (h + pad[0] + pad[1] - kh) // step + 1, (w + pad[0] + pad[1] - kw) // step + 1
+    sel = np.zeros((kh, oh, h), np.float32)
+    cols = np.zeros((kh, ow, w), np.float32)
+    for i in range(kh):
+        for p in range(oh):
+            r = step * p + i - pad[0]
+            if 0 <= r < h:
+                sel[i, p, r] = 1
+        for q in range(ow):
+            for j in range(kw):
+                c = step * q + j - pad[0]
+                if 0 <= c < w:
+                    cols[i, q, c] = k[i, j]
+    hp = jax.lax.Precision.HIGHEST
+    rows = jnp.einsum("iph,bhwc->bpiwc", jnp.asarray(sel, img.dtype), img, precision=hp)
+    return jnp.einsum("bpiwc,iqw->bpqc", rows, jnp.asarray(cols, img.dtype), precision=hp)
 
 
 def check_image_size(height: int, width: int, scales: Sequence[float] = PYRAMID_SCALES) -> None:

@@ -119,12 +119,15 @@ def psnr(pred, target) -> Array:
 
 
 def perceptual(ctx: Context, consts, pred, target) -> Array:
-    """Per-example VGG pyramid loss; one network call on [pred; target]."""
+    """Per-example VGG pyramid loss. Two network calls, as the official loss makes: one on
+    `pred`, one on the gradient-stopped `target`, so the backward pass runs through the
+    predictions only (one call on [pred; target] back-propagated through both halves: 2x
+    the VGG backward). Calls on the same target array inside one jitted step (stage 2's
+    self and cross reconstructions) are identical programs, which XLA's CSE merges into
+    one (docs/benchmarks.md, "Stage-2 step at 128² on CPU")."""
     net = ctx.models["perceptual"]
-    feats = net.apply(consts["perceptual"], jnp.concatenate([pred, target.astype(pred.dtype)]))
-    n = pred.shape[0]
-    pred_f = jax.tree.map(lambda f: f[:n], feats)
-    target_f = jax.tree.map(lambda f: f[n:], feats)
+    pred_f = net.apply(consts["perceptual"], pred)
+    target_f = net.apply(consts["perceptual"], jax.lax.stop_gradient(target.astype(pred.dtype)))
     return L.perceptual_loss(pred_f, target_f)
 
 
