@@ -76,6 +76,9 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     # initialisation 5-9x faster on a CPU (minutes -> seconds for the full generator) but
     # their values may depend on the backend and the sharding (configs/demo.py uses rbg).
     config.init_prng = "threefry2x32"
+    # Peak FLOP/s of one device for perf/mfu; 0 = from the table of known accelerators
+    # (edtalk_jax/metrics.py PEAK_FLOPS; CPUs and unknown kinds log no MFU).
+    config.peak_flops = 0.0
     config.model = model_config()
     config.data = data_config()
 

@@ -22,6 +22,8 @@ def _stage_report(name: str, final: Dict[str, Any], seconds: float) -> Dict[str,
     if name == "stage4":
         out["lip_error"] = m.get("eval/stage4/lip_mse")
         out["baseline_lip_error"] = m.get("eval/stage4/mean_baseline_mse")
+        out["lip_motion_error"] = m.get("eval/stage4/lip_motion_mse")
+        out["baseline_lip_motion_error"] = m.get("eval/stage4/still_baseline_mse")
         out["beats_baseline"] = out["lip_error"] is not None and out["lip_error"] < out["baseline_lip_error"]
     else:
         out["psnr"] = m.get("eval/psnr")
@@ -37,8 +39,11 @@ def _stage_report(name: str, final: Dict[str, Any], seconds: float) -> Dict[str,
 
 def enable_compilation_cache(directory: str) -> None:
     """JAX's persistent compilation cache: stages with the same model and a resumed
-    curriculum reuse compiled programs instead of compiling again (minutes on a CPU)."""
+    curriculum reuse compiled programs instead of compiling again (minutes on a CPU).
+    A cache the user configured already (JAX_COMPILATION_CACHE_DIR) is kept."""
     import jax
+    if jax.config.jax_compilation_cache_dir:
+        return
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 

@@ -41,6 +41,7 @@ class MetricWriter:
         for k, v in values.items():
             self._tb.add_scalar(k, v, int(step))
         self._jsonl.write(json.dumps({"step": int(step), **values}) + "\n")
+        self._jsonl.flush()  # a line per log step: readable while the run goes on
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """`images`: uint8 (H, W, 3) arrays, e.g. from `image_grid`."""

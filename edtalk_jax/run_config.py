@@ -50,7 +50,7 @@ def validate(config) -> None:
         if _get(config, field) < 1:
             raise ConfigError(f"{field}={_get(config, field)!r}: must be >= 1")
     for field in ("log_every_steps", "eval_every_steps", "images_every_steps",
-                  "checkpoint_every_steps", "keep_every_steps", "eval_batches", "data.workers"):
+                  "checkpoint_every_steps", "keep_every_steps", "eval_batches", "data.workers", "peak_flops"):
         if _get(config, field) < 0:
             raise ConfigError(f"{field}={_get(config, field)!r}: must be >= 0")
     if not 0 <= config.ema_decay < 1:

@@ -125,6 +125,8 @@ class Run:
         if self.mode == "resume":  # the state first: stage 4 computes missing targets with it
             self.start_step, self.state = self.ckpts.restore_latest(self.abstract_state)
         self.train_iter = self._loaders(spec.data_stage)
+        if spec.data_stage == 4:  # stage 4's predict-the-mean baseline
+            self.consts = dict(self.consts, lip_mean=jax.device_put(self._lip_mean(), self.repl))
         self._restore_or_save_config()
 
     # ---- where the state comes from ----
@@ -248,6 +250,21 @@ class Run:
                                     batch_size=32, progress=self.progress, size=self.config.model.size)
         _sync("targets")
 
+    def _lip_mean(self) -> np.ndarray:
+        """The mean lip target over the training split's clips (lip_dim,)."""
+        from data_pipeline import shards, targets
+        store = shards.open_clips(self.data_dir, self.config.data.split or None)
+        stored = targets.load_targets(self.data_dir, self.config.data.targets)
+        total, count = np.zeros(stored.lip_dim, np.float64), 0
+        for i in range(len(store)):
+            try:
+                lip, _ = stored.get(store.global_index(i))
+            except targets.TargetsError:  # a clip without targets: the loader skips it too
+                continue
+            total += lip.sum(axis=0)
+            count += len(lip)
+        return (total / max(count, 1)).astype(np.float32)
+
     def _restore_or_save_config(self):
         if self.mode == "resume":  # then the data position of the same step
             self.state = self.ckpts.restore(self.start_step, self.abstract_state, self.train_iter)
@@ -295,7 +312,8 @@ def train_and_evaluate(config, workdir: str, progress: bool = True) -> Dict[str,
     state, step = run.state, run.start_step
     total = config.total_steps
     guard = checkpointing.PreemptionGuard()
-    throughput = metrics.Throughput(peak=metrics.peak_flops(), num_devices=jax.device_count())
+    throughput = metrics.Throughput(peak=metrics.peak_flops(override=config.peak_flops or None),
+                                    num_devices=jax.device_count())
     last: Dict[str, float] = {}
     compiled = None
     every = lambda n, s: bool(n) and s % n == 0

@@ -240,8 +240,16 @@ def test_stage4_coefficient_and_smoothness_losses_match_numpy():
     np.testing.assert_allclose(out.losses["smooth"], np.mean(d ** 2, axis=(1, 2)), rtol=1e-5)
     assert set(out.losses) == {"coeff", "smooth"} and out.recon is None  # nothing rendered
     np.testing.assert_allclose(out.scalars["stage4/lip_mse"], np.mean((lips - tgt) ** 2), rtol=1e-5)
-    base = np.mean((tgt - tgt.mean(axis=(0, 1), keepdims=True)) ** 2)
+    base = np.mean((tgt - tgt.mean(axis=(0, 1), keepdims=True)) ** 2)  # no lip_mean: the batch's
     np.testing.assert_allclose(out.scalars["stage4/mean_baseline_mse"], base, rtol=1e-5)
+    motion = lambda x: x - x.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(out.scalars["stage4/lip_motion_mse"], np.mean((motion(lips) - motion(tgt)) ** 2),
+                               rtol=1e-5)
+    np.testing.assert_allclose(out.scalars["stage4/still_baseline_mse"], np.mean(motion(tgt) ** 2), rtol=1e-5)
+    lip_mean = np.float32([0.3, -0.2, 0.1])  # the trainer's: the training split's mean target
+    out2 = stage4.compute_losses(ctx, params, {"audio2lip": {}}, {k: jnp.asarray(v) for k, v in batch.items()},
+                                 {"lip_mean": jnp.asarray(lip_mean)}, train=False)
+    np.testing.assert_allclose(out2.scalars["stage4/mean_baseline_mse"], np.mean((tgt - lip_mean) ** 2), rtol=1e-5)
     assert set(variables["params"]) == {"scale"}
 
 

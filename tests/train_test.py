@@ -296,6 +296,11 @@ def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, datas
     assert all(np.isfinite(m[f"loss/{k}"]) for k in ("coeff", "smooth", "l1", "mouth_l1", "gan"))
     assert "gan/d_loss" not in m  # D only scores
     assert os.path.exists(os.path.join(targets.targets_dir(data, config.data.targets), "targets.json"))
+    # the predict-the-mean baseline: the training split's mean lip target
+    from data_pipeline import shards
+    store, stored = shards.open_clips(data, "train"), targets.load_targets(data, config.data.targets)
+    lips = np.concatenate([stored.get(store.global_index(i))[0] for i in range(len(store))])
+    np.testing.assert_allclose(result["_run"].consts["lip_mean"], lips.mean(axis=0), rtol=1e-5, atol=1e-7)
 
     after = _flat(result["_run"].final_state.params)
     source = saved_params(stage1["workdir"])
@@ -523,3 +528,35 @@ def test_batch_not_divisible_by_the_mesh_names_batch_size(dataset, jax_cache, tm
     assert done.returncode != 0
     assert "batch_size=3" in done.stderr and "2 devices" in done.stderr, done.stderr[-2000:]
     assert "Compiling" not in done.stderr
+
+
+@pytest.mark.slow
+def test_demo_curriculum_runs_every_stage_and_writes_the_report(tmp_path):
+    """The README's main job at 2 steps per stage on a small synthetic dataset: stage 1 ->
+    4 each in WORKDIR/<stage>/ from the previous one, report.json with every field, a
+    sample grid per stage; a rerun finds every stage done and trains nothing."""
+    from edtalk_jax import curriculum
+
+    config = demo.get_config("steps=2")
+    config.synthetic.update(speakers=8, clips_per_speaker=2, frames_per_clip=12)
+    for stage in config.stages.values():
+        stage.eval_batches = 1
+    report = curriculum.run(config, str(tmp_path), progress=False)
+    assert list(report["stages"]) == ["stage1", "stage2", "stage3", "stage4"]
+    with open(tmp_path / "report.json") as f:
+        assert json.load(f) == report
+    for name, r in report["stages"].items():
+        assert r["steps"] == 2 and r["seconds"] > 0
+        assert os.listdir(r["samples"]) == ["0000002.png"], name
+        keys = (("lip_error", "baseline_lip_error", "lip_motion_error", "baseline_lip_motion_error")
+                if name == "stage4" else ("psnr", "baseline_psnr", "orthogonality_error"))
+        assert all(np.isfinite(r[k]) for k in keys), (name, r)
+        assert r["beats_baseline"] == (r["lip_error"] < r["baseline_lip_error"] if name == "stage4"
+                                       else r["psnr"] > r["baseline_psnr"])
+    assert "psnr_without_exp" in report["stages"]["stage3"] and "cross_psnr" in report["stages"]["stage2"]
+    assert report["all_beat_baselines"] == all(r["beats_baseline"] for r in report["stages"].values())
+    with open(tmp_path / "stage3" / "config.json") as f:  # each stage starts from the previous one
+        assert json.load(f)["init_from"] == str(tmp_path / "stage2")
+    with count_compiles() as compiles:
+        assert curriculum.run(config, str(tmp_path), progress=False) == report
+    assert not any("step" in str(k) for k in compiles), compiles

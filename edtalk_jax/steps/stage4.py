@@ -68,11 +68,16 @@ def compute_losses(ctx: common.Context, params, model_state, batch, consts, trai
     per_frame = lambda v: v.reshape(b, t).mean(axis=1)
     losses = {"coeff": jnp.mean(jnp.square(lips - target), axis=(1, 2)),
               "smooth": jnp.mean(jnp.square(jnp.diff(lips, axis=1) - jnp.diff(target, axis=1)), axis=(1, 2))}
-    # Predict-the-mean baseline: the targets' own mean over the batch (a held-out mean,
-    # so a stricter baseline than the training mean).
-    mean = jnp.mean(target, axis=(0, 1), keepdims=True)
+    # Predict-the-mean baseline: the training split's mean lip target (consts["lip_mean"],
+    # set by the trainer); without it (cost-only callers) the batch's own mean.
+    mean = consts["lip_mean"] if "lip_mean" in consts else jnp.mean(target, axis=(0, 1))
+    # The motion within the T frames (each clip's window mean removed): what the audio
+    # can say whatever the speaker; its baseline predicts no motion.
+    motion = lambda x: x - jnp.mean(x, axis=1, keepdims=True)
     scalars = {"stage4/lip_mse": jnp.mean(losses["coeff"]),
-               "stage4/mean_baseline_mse": jnp.mean(jnp.square(target - mean))}
+               "stage4/mean_baseline_mse": jnp.mean(jnp.square(target - mean)),
+               "stage4/lip_motion_mse": jnp.mean(jnp.square(motion(lips) - motion(target))),
+               "stage4/still_baseline_mse": jnp.mean(jnp.square(motion(target)))}
     flat = frames.reshape((b * t,) + frames.shape[2:])
     recon = None
     if any(ctx.weight(k) for k in ("l1", "perceptual", "gan", "mouth_l1", "sync")):
