@@ -13,6 +13,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("EDTALK_SHARED", REPO.parent / "shared"))
 
 
+def fake_devices_flags(n: int) -> str:
+    """XLA_FLAGS for a subprocess with n fake CPU devices. On 2 shared cores one device's
+    thread can reach a collective long before the others; XLA:CPU aborts the process after
+    40 s by default, raised here to 120 s. (Since the CPU conv VJPs the 8-device sharded
+    test can also hang there: a deadlock, not slowness; the bound keeps it a failure.)"""
+    return (f"--xla_force_host_platform_device_count={n} "
+            "--xla_cpu_collective_call_terminate_timeout_seconds=120")
+
+
 def _require(path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
         pytest.fail(f"reference data missing: {path} (set EDTALK_SHARED to the shared/ folder)")

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.conftest import fake_devices_flags
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 1200  # seconds for the whole two-process run (compiles on 2 shared cores)
 
@@ -24,7 +26,7 @@ def _free_port() -> int:
 
 
 def _env():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=fake_devices_flags(2), JAX_PLATFORMS="cpu")
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     return env
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from tests.conftest import fake_devices_flags
+
 CHILD = r'''
 import functools, json, sys
 import jax, numpy as np
@@ -61,8 +63,11 @@ for name, run in runs.items():
     for b in batches:
         st, m = fn(st, sharding.global_batch(b, run.mesh), rng, run.consts)
     got = host(st)
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a.astype(np.float64) - b)))
-                                         if a.size else 0.0, got, reference))
+    # |a - b| / (1 + |b|): absolute for parameters (O(1)), relative for the optimizer's
+    # moments (with b1 = 0 the first moment is the raw gradient, up to hundreds).
+    diffs = jax.tree.leaves(jax.tree.map(
+        lambda a, b: float(np.max(np.abs(a.astype(np.float64) - b) / (1 + np.abs(b.astype(np.float64)))))
+        if a.size else 0.0, got, reference))
     report[name] = {"max_diff": max(diffs), "loss": float(m["loss/g_total"]),
                     "sharded_leaves": sum(1 for s in jax.tree.leaves(run.state_sharding)
                                           if any(a is not None for a in s.spec)),
@@ -84,7 +89,7 @@ print("REPORT " + json.dumps(report))
 
 @pytest.mark.slow
 def test_sharded_steps_equal_single_device_and_checkpoints_move_between_meshes(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=fake_devices_flags(8), JAX_PLATFORMS="cpu")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     proc = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path)], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=900)
@@ -92,10 +97,11 @@ def test_sharded_steps_equal_single_device_and_checkpoints_move_between_meshes(t
     line = [l for l in proc.stdout.splitlines() if l.startswith("REPORT ")][-1]
     report = json.loads(line[len("REPORT "):])
     for name in ("dp", "fsdp"):
-        # Losses agree to float rounding. Parameters are compared after Adam: where a
+        # Losses agree to float rounding. The state is compared after Adam: where a
         # gradient entry is ~0, Adam divides it by its own magnitude, so a rounding
-        # difference (another reduction order) can move that entry by up to 2 lr per
-        # step (lr 0.0016 here, 2 steps): bounded well below any real placement error.
+        # difference (another reduction order) can move that entry by about 3 lr per
+        # step (lr 0.0016 here, 2 steps), and the moments (raw gradients) differ by
+        # float rounding relative to their size: bounded well below any placement error.
         assert abs(report[name]["loss"] - report["single_loss"]) < 1e-4, report
         assert report[name]["max_diff"] < 0.02, report
     assert report["fsdp"]["sharded_leaves"] > 0, report  # FSDP really shards parameters
