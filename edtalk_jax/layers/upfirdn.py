@@ -82,7 +82,7 @@ def _fir_same_rate_fwd(x, k, pad):
 def _fir_same_rate_bwd(k, pad, _, dy):
     kh, kw = len(k), len(k[0])
     if kh != kw:
-        raise NotImplementedError("upfirdn2d gradient: square kernels only")
+        raise ValueError(f"upfirdn2d: the gradient path takes square kernels (every EDTalk blur is); got {kh}x{kw}")
     flipped = tuple(tuple(row[::-1]) for row in k[::-1])
     return (_fir_same_rate(dy, flipped, (kh - 1 - pad[0], kh - 1 - pad[1])),)
 
