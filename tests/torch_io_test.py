@@ -228,13 +228,16 @@ def _one(tensor, *data):
 
 
 @pytest.mark.parametrize("records, what", [
-    (_one(_tensor(4, (3, 2), (2, 1)), bytes(16)), "needs 6 elements.*holds 4"),
-    (_one(_tensor(4, (2, 2), (2, 1), offset=1), bytes(16)), "needs 5 elements"),
-    (_one(_tensor(4, (4,), (1,)), bytes(12)), "holds 12 bytes, 16 declared"),
-    (_one(_tensor(4, (4,), (1,))), "missing storage record archive/data/0"),
-    (_one(_tensor(4, (4,), (-1,)), bytes(16)), "malformed tensor record"),
-    (_one(_tensor(4, (4,), (1,), storage="QInt8Storage")), "torch.QInt8Storage"),
-    (_one(_storage_pid(4), bytes(16)), "unsupported value"),  # a bare storage
+    (_one(_tensor(4, (3, 2), (2, 1)), bytes(16)), r"key \['w'\]: .*needs 6 elements.*holds 4"),
+    (_one(_tensor(4, (2, 2), (2, 1), offset=1), bytes(16)), r"key \['w'\]: .*needs 5 elements"),
+    (_one(_tensor(4, (1,), (1,), offset=4), bytes(16)), r"key \['w'\]: .*needs 5 elements"),
+    (_one(_tensor(4, (4,), (1,)), bytes(12)), r"key \['w'\]: .*holds 12 bytes, 16 declared"),
+    (_one(_tensor(4, (4,), (1,))), r"key \['w'\]: missing storage record archive/data/0"),
+    (_one(_tensor(4, (4,), (-1,)), bytes(16)), r"key \['w'\]: malformed tensor record"),
+    (_one(_tensor(4, (-4,), (1,)), bytes(16)), r"key \['w'\]: malformed tensor record"),
+    (_one(_tensor(4, (4,), (1,), storage="QInt8Storage")),
+     r"key \['w'\]: unsupported dtype torch.QInt8Storage"),
+    (_one(_storage_pid(4), bytes(16)), r"key \['w'\]: unsupported value"),  # a bare storage
     (_one(b"ctorch._utils\n_rebuild_tensor_v2\n"), "unsupported value"),  # no stand-in leaks out
     ({"weights.bin": b"x"}, "without <archive>/data.pkl"),
     ({"data.pkl": b"\x80\x02}"}, "truncated"),
@@ -268,6 +271,135 @@ def test_not_checkpoints(tmp_path, parity_dir, samples_dir):
         assert str(path) in str(err.value)
 
 
+# --- the reader's safety rules (module docstring): bounds, memory, structure, dtypes, values -----
+
+def _tensor_v3(nbytes, size, stride, dtype="float32", key="0"):
+    """Opcodes of a torch >= 2 tensor: _rebuild_tensor_v3 over an UntypedStorage of nbytes."""
+    pid = (b"(" + _frag("storage") + b"ctorch.storage\nUntypedStorage\n" + _frag(key) + _frag("cpu")
+           + _frag(nbytes) + b"tQ")
+    return (b"ctorch._utils\n_rebuild_tensor_v3\n(" + pid + _frag(0) + _frag(tuple(size))
+            + _frag(tuple(stride)) + _frag(False) + b"ccollections\nOrderedDict\n)R"
+            + f"ctorch\n{dtype}\n".encode() + b"tR")
+
+
+def _pkl(*items):
+    """A data.pkl holding a dict; items are (key, value) as opcodes; a value that is a dict of
+    opcodes nests one level (as {'gen': state_dict})."""
+    def ops(pairs):
+        return b"}" + b"".join(k + (ops(v.items()) if isinstance(v, dict) else v) + b"s"
+                               for k, v in pairs)
+    return b"\x80\x02" + ops(items) + b"."
+
+
+def _raises(path, what, load=torch_io.load_pt):
+    """The error names the file and matches `what` (which names the key)."""
+    with pytest.raises(CheckpointError, match=what) as err:
+        load(path)
+    assert str(path) in str(err.value)
+    return err.value
+
+
+def test_stride0_view_asking_for_gibs_is_refused_without_allocating(tmp_path):
+    import time
+    import tracemalloc
+    # One float of storage, viewed as (2**31, 4) with stride 0: 32 GiB if materialised.
+    path = _write_zip(tmp_path / "bomb.pt", _one(_tensor(1, (2**31, 4), (0, 0)), bytes(4)))
+    assert path.stat().st_size < 1024
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        _raises(path, r"key \['w'\]: a float32 tensor of shape \(2147483648, 4\) \(stride \(0, 0\)\) "
+                      r"over a 4-byte storage would allocate 32\.0 GiB")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 0.5 and peak < 1 << 20
+    # An overlapping (sliding-window) view: 36 KiB of storage -> 32 MiB of copies.
+    n = 8192 + 1023
+    path = _write_zip(tmp_path / "windows.pt", _one(_tensor(n, (8192, 1024), (1, 1)), bytes(4 * n)))
+    _raises(path, r"key \['w'\]: .*would allocate 32\.0 MiB; a \d+-byte file may allocate at most")
+    # Small expanded views, as torch saves `ones(4).expand(3, 4)`, are fine.
+    row = np.arange(4, dtype=np.float32)
+    path = _write_zip(tmp_path / "expand.pt", _one(_tensor(4, (3, 4), (0, 1)), row.tobytes()))
+    _assert_identical(torch_io.load_pt(path)["w"], np.tile(row, (3, 1)))
+
+
+def test_compressed_storage_cannot_inflate_past_the_budget(tmp_path):
+    path = tmp_path / "deflated.pt"
+    numel = 5 << 20  # 20 MiB of zeros, a few KiB deflated
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", _data_pkl(w=_tensor(numel, (numel,), (1,))))
+        zf.writestr("archive/data/0", bytes(4 * numel), compress_type=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 1 << 20
+    _raises(path, r"key \['w'\]: storage '0' \(5242880 x torch.FloatStorage\) would allocate 20\.0 MiB")
+
+
+def test_structure_is_checked_naming_the_key(tmp_path):
+    t, data, g = _tensor(2, (2,), (1,)), {"data/0": bytes(8)}, _frag("gen")
+    cases = {  # load_pt: tensors never become dict keys or set elements
+        "tensor_key": (_pkl((g, {t: _frag(1)})), r"key \['gen'\]: a tensor used as a dict key"),
+        "tuple_key": (_pkl((b"(" + _frag(1) + t + b"t", _frag(1))),
+                      r"the top-level object: a tensor used as a dict key"),
+        "set": (_pkl((_frag("s"), b"c__builtin__\nset\n](" + t + b"e\x85R")),
+                r"key \['s'\]: a tensor inside a set"),
+    }
+    for name, (pkl, what) in cases.items():
+        _raises(_write_zip(tmp_path / f"{name}.pt", {"data.pkl": pkl, **data}), what)
+    cases = {  # load_state_dict: a flat str -> tensor mapping
+        "int_key": (_pkl((g, {_frag("w"): t, _frag(3): t})),
+                    r"key \['gen'\]\[3\]: a state_dict key must be a str, not int"),
+        "list": (_pkl((g, {_frag("w"): _frag([1.0, 2.0])})),
+                 r"key \['gen'\]\['w'\]: type list, not a tensor"),
+        "nested": (_pkl((g, {_frag("block"): {_frag("w"): t}})),
+                   r"key \['gen'\]\['block'\]: type dict, not a tensor"),
+        "number": (_pkl((g, {_frag("step"): _frag(7)})),
+                   r"key \['gen'\]\['step'\]: type int, not a tensor"),
+        "tensor": (_pkl((g, t)), r"key \['gen'\]: type ndarray, not a state_dict"),
+    }
+    for name, (pkl, what) in cases.items():
+        path = _write_zip(tmp_path / f"{name}.pt", {"data.pkl": pkl, **data})
+        _raises(path, what, lambda p: torch_io.load_state_dict(p, "gen"))
+    torch_io.load_pt(path)  # plain load_pt accepts any such structure
+
+
+def test_dtypes_are_kept_and_checked(tmp_path):
+    counts = np.array(2**62 + 1, np.int64)  # exact only as an integer
+    pkl = _pkl((_frag("gen"), {
+        _frag("bn.num_batches_tracked"): _tensor(1, (), (), storage="LongStorage"),
+        _frag("bn.weight"): _tensor(3, (3,), (1,), storage="HalfStorage", key="1")}))
+    path = _write_zip(tmp_path / "bn.pt", {"data.pkl": pkl, "data/0": counts.tobytes(),
+                                           "data/1": np.ones(3, np.float16).tobytes()})
+    sd = torch_io.load_state_dict(path, "gen")  # no dtype is cast: int64 stays int64, exactly
+    _assert_identical(sd, {"bn.num_batches_tracked": counts, "bn.weight": np.ones(3, np.float16)})
+    # A torch dtype with no numpy equivalent: refused naming key and dtype.
+    path = _write_zip(tmp_path / "c32.pt",
+                      _one(_tensor_v3(16, (4,), (1,), dtype="complex32"), bytes(16)))
+    _raises(path, r"key \['w'\]: unsupported dtype torch.complex32")
+    # Read by load_pt, but not a weights dtype in a state dict.
+    path = _write_zip(tmp_path / "c64.pt", {"data.pkl": _pkl((_frag("gen"), {_frag("z"): _tensor(
+        2, (2,), (1,), storage="ComplexFloatStorage")})), "data/0": np.ones(2, np.complex64).tobytes()})
+    assert torch_io.load_pt(path)["gen"]["z"].dtype == np.complex64
+    _raises(path, r"key \['gen'\]\['z'\]: dtype complex64 is not a weights dtype",
+            lambda p: torch_io.load_state_dict(p, "gen"))
+
+
+@pytest.mark.parametrize("dtype, storage", [(np.float32, "FloatStorage"),
+                                            (ml_dtypes.bfloat16, "BFloat16Storage")])
+def test_nonfinite_values_are_refused_naming_the_key(tmp_path, dtype, storage):
+    values = np.array([1.0, np.nan, -np.inf, 2.0], np.float32).astype(dtype)
+    pkl = _pkl((_frag("gen"), {
+        _frag("ok"): _tensor(2, (2,), (1,), storage=storage),
+        _frag("conv.weight"): _tensor(4, (2, 2), (2, 1), storage=storage, key="1")}))
+    path = _write_zip(tmp_path / "nan.pt", {"data.pkl": pkl, "data/0": values[[0, 3]].tobytes(),
+                                            "data/1": values.tobytes()})
+    name = np.dtype(dtype).name
+    what = rf"key \['gen'\]\['conv.weight'\]: a {name} tensor of shape \(2, 2\) holds 2 NaN/Inf value"
+    _raises(path, what)
+    _raises(path, what, lambda p: torch_io.load_state_dict(p, "gen"))
+    got = torch_io.load_pt(path, allow_nonfinite=True)["gen"]["conv.weight"]
+    assert got.tobytes() == values.tobytes()
+
+
 def test_save_pt_without_torch_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ImportError, match=r"pip install 'edtalk-jax\[torch\]'"):
@@ -292,8 +424,11 @@ def test_round_trip_is_exact(tmp_path):
     obj["gen"]["nan"] = np.array([np.nan, -0.0, np.inf], np.float32)
     obj["args"] = {"size": 256, "lr": 0.002, "name": "x", "flags": [True, None], "pair": (1, 2.5)}
     path = torch_io.save_pt(obj, tmp_path / "round.pt")
-    _assert_identical(torch_io.load_pt(path), obj)
-    _assert_identical(torch_io.load_pt(path), _torch_tree(torch.load(path, weights_only=True)))
+    _assert_identical(torch_io.load_pt(path, allow_nonfinite=True), obj)
+    _assert_identical(torch_io.load_pt(path, allow_nonfinite=True),
+                      _torch_tree(torch.load(path, weights_only=True)))
+    with pytest.raises(CheckpointError, match=r"key \['gen'\]\['nan'\]: .* 2 NaN/Inf"):
+        torch_io.load_pt(path)
     with pytest.raises(TypeError, match=r"obj\['bad'\]"):
         torch_io.save_pt({"bad": object()}, tmp_path / "bad.pt")
 
