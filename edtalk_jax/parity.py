@@ -60,20 +60,20 @@ def _compute(kind, cfg, variables, inputs, dtype):
 def _generator_outputs(model, variables, x):
     src = inference.encode_source(model, variables, x["src"])
     drive = lambda **d: inference.drive(model, variables, src, **d)["image"]
-    img = {"pose_img": x["pose_img"]}
+    pose = {"pose_img": x["pose_img"]}
     if model.exp_dim:
         out = {"enc_wa": src["latent"],
                "q_lipnonlip": model.apply(variables, False, method=model.bases),
                "q_exp": model.apply(variables, True, method=model.bases),
-               "out_V": drive(lip_img=x["lip_img"], exp_img=x["exp_img"], **img),
-               "out_A": drive(lip_alpha=x["lip_alpha"], exp_img=x["exp_img"], **img),
-               "out_A_expw": drive(lip_alpha=x["lip_alpha"], exp_alpha=x["exp_alpha"], **img),
-               "out_V_expw": drive(lip_img=x["lip_img"], exp_alpha=x["exp_alpha"], **img)}
+               "out_V": drive(lip_img=x["lip_img"], exp_img=x["exp_img"], **pose),
+               "out_A": drive(lip_alpha=x["lip_alpha"], exp_img=x["exp_img"], **pose),
+               "out_A_expw": drive(lip_alpha=x["lip_alpha"], exp_alpha=x["exp_alpha"], **pose),
+               "out_V_expw": drive(lip_img=x["lip_img"], exp_alpha=x["exp_alpha"], **pose)}
         out.update({f"enc_feat{i}": f for i, f in enumerate(src["feats"])})
     else:
-        out = {"out_fwd": drive(lip_img=x["pose_img"], **img),
-               "out_V": drive(lip_img=x["lip_img"], **img),
-               "out_A": drive(lip_alpha=x["lip_alpha"], **img)}
+        out = {"out_fwd": drive(img=x["pose_img"]),  # lip and pose from one frame, encoded once
+               "out_V": drive(lip_img=x["lip_img"], **pose),
+               "out_A": drive(lip_alpha=x["lip_alpha"], **pose)}
     return out
 
 
