@@ -13,13 +13,21 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = pathlib.Path(os.environ.get("EDTALK_SHARED", REPO.parent / "shared"))
 
 
-def fake_devices_flags(n: int) -> str:
-    """XLA_FLAGS for a subprocess with n fake CPU devices. On 2 shared cores one device's
-    thread can reach a collective long before the others; XLA:CPU aborts the process after
-    40 s by default, raised here to 120 s. (Since the CPU conv VJPs the 8-device sharded
-    test can also hang there: a deadlock, not slowness; the bound keeps it a failure.)"""
-    return (f"--xla_force_host_platform_device_count={n} "
-            "--xla_cpu_collective_call_terminate_timeout_seconds=120")
+def fake_devices_env(n: int, **extra: str) -> dict[str, str]:
+    """Environment for a subprocess with n fake CPU devices.
+
+    XLA:CPU runs in-process collectives on its intra-op thread pool, and a waiting
+    participant blocks its thread. Collectives are only ordered by *scheduling* edges
+    (the next may start once the previous has started), so a fast device can hold
+    several blocked threads at once. The pool has max(cores, devices) threads by
+    default (8 here): the 8-device sharded test then starved (4 devices blocked in two
+    all-gathers each, the other 4 without a thread; CI, 2026-11-29). NPROC, which XLA
+    reads for the pool size, is raised to 8 threads per device. A stuck collective still
+    aborts the process after 120 s (XLA's default 40 s is too short on 2 shared cores),
+    so a real deadlock stays a failure, not a hang."""
+    flags = (f"--xla_force_host_platform_device_count={n} "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=120")
+    return dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu", NPROC=str(8 * n), **extra)
 
 
 def _require(path: pathlib.Path) -> pathlib.Path:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import fake_devices_flags
+from tests.conftest import fake_devices_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 1200  # seconds for the whole two-process run (compiles on 2 shared cores)
@@ -26,7 +26,7 @@ def _free_port() -> int:
 
 
 def _env():
-    env = dict(os.environ, XLA_FLAGS=fake_devices_flags(2), JAX_PLATFORMS="cpu")
+    env = fake_devices_env(2)
     env.pop("JAX_COORDINATOR_ADDRESS", None)
     return env
 

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.conftest import fake_devices_flags
+from tests.conftest import fake_devices_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -119,8 +119,8 @@ def _child() -> dict:
 
 @pytest.fixture(scope="module")
 def report():
-    env = dict(os.environ, XLA_FLAGS=fake_devices_flags(8), JAX_PLATFORMS="cpu",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env = fake_devices_env(
+        8, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, __file__], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
