@@ -128,7 +128,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
         ortho=1.0,  # ||B^T B - I||^2 of the bases, added in bank_mode "free" (always logged)
         coeff=1.0,  # stage 4: MSE of predicted lip coefficients
         smooth=0.1,  # stage 4: MSE of their temporal differences
-        mouth_l1=1.0,  # stage 4: L1 of 96x96 mouth crops
+        mouth_l1=1.0,  # stage 4 (stage 2: not official, 0): L1 of the mouth crops (96x96 at 256²)
         sync=5.0,  # stage 4: SyncNet loss (only with syncnet.path)
         r1=0.0,  # R1 penalty weight (gamma) on D; 0 = off (the official trainers never apply it)
         r1_every=16,  # lazy R1 interval (steps)
@@ -146,6 +146,10 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     config.audio2lip = config_dict.ConfigDict(dict(
         init="",  # Audio2Lip.pt, a Wav2Lip wav2lip.pth (audio encoder only) or "" (random)
         batchnorm_train=True,  # BatchNorm batch statistics + running-stat updates (official)
+        # "absolute": Audio2Lip's output is the lip coefficients (official, Audio2Lip.pt).
+        # "offset": it is added to the identity frame's lip coefficients, so the speaker's
+        # own mouth comes from the image and the audio only says how it moves.
+        target="absolute",
     ))
     config.mesh = config_dict.ConfigDict(dict(
         data=-1,  # data-parallel axis (-1: the remaining devices)

@@ -85,4 +85,7 @@ def get_config(arg: str = "") -> config_dict.ConfigDict:
     # the GAN stages) at lr 0.003 let its coefficient loss grow (docs/training.md).
     s4.optimizer.g.update(lr=0.001, b1=0.9, b2=0.999)
     s4.data.T = 5
+    # A held-out speaker's own mouth is read from the identity frame, not guessed from the
+    # voice: the demo's lip coefficients are mostly speaker (docs/training.md).
+    s4.audio2lip.target = "offset"
     return config

@@ -23,6 +23,7 @@ def get_config(arg: str = ""):
     config.checkpoint_every_steps = 2000
     config.eval_every_steps = 1000
     config.data.datasets = ("hdtf",)
+    config.loss.mouth_l1 = 0.0  # not an official stage-2 term (the demo uses it at 32²)
     # From stage 1: encoder, shared MLP and decoder (and D); heads and bank start fresh.
     config.init_keep = (r"^gen/(enc|fc|dec)/", r"^dis/")
     base.apply_arg(config, arg, base.PRESETS)

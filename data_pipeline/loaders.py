@@ -27,10 +27,12 @@ stage 2 clip B) may come from any process's share.
 Batch keys (numpy, leading per-process batch dim B; images NHWC float32 in [-1, 1], or
 uint8 with `dtype="uint8"`), plus `index` (B,) int32 global clip index:
   stage 1: source, target
-  stage 2: a_identity, a, b_identity, b, mouth_a_on_b, mouth_b_on_a
+  stage 2: a_identity, a, b_identity, b, mouth_a_on_b, mouth_b_on_a, a_mouth_box,
+           b_mouth_box (B, 4) float32 (x1, y1, x2, y2) pixels of frames a and b
   stage 3: identity, target, emotion (B,) int32 (schema.emotion_label), level (B,) int32
   stage 4: frames (B, T, H, W, 3), mel (B, T, 80, 16), identity, mouth_boxes (B, T, 4)
-           float32 (x1, y1, x2, y2) pixels, lip_targets (B, T, 20), pose_targets (B, T, 6)
+           float32 (x1, y1, x2, y2) pixels, lip_targets (B, T, 20), pose_targets (B, T, 6),
+           identity_lip (B, 20): the identity frame's stored lip coefficients
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ class LoaderConfig:
     dtype: str = "float32"  # image dtype: "float32" in [-1, 1] or "uint8" (convert on device)
     T: int = 5  # stage 4: consecutive frames per sample
     targets: str = "lip_pose"  # stage 4: name of the stored targets (data_pipeline.targets)
-    mouth_margin: float = 0.25  # stage 4: mouth box growth per side, fraction of its side
+    mouth_margin: float = 0.25  # stages 2, 4: mouth box growth per side, fraction of its side
     exclude_neutral: bool = False  # stage 3: drop neutral clips
     datasets: tuple[str, ...] | None = None  # only clips of these meta "dataset" values
     shard_index: int | None = None  # default jax.process_index()

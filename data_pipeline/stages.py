@@ -120,10 +120,7 @@ class Sampler:
         return frames, self.size / native
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
-        if img.shape[0] == self.size and img.shape[1] == self.size:
-            return img
-        interp = cv2.INTER_AREA if img.shape[0] > self.size else cv2.INTER_CUBIC
-        return cv2.resize(img, (self.size, self.size), interpolation=interp)
+        return targets.resize_frames(img[None], self.size)[0]
 
     def _frames(self, record: dict, indices) -> np.ndarray:
         frames, _ = self._images(record, indices)
@@ -157,20 +154,24 @@ class Sampler:
 
     def _stage2(self, i: int, rng) -> dict:
         """Clip A = clip i, clip B = a random clip of a random other speaker; two frames
-        of each and the two mouth swaps (official get_IA_MB at full frame size)."""
+        of each, the two mouth swaps (official get_IA_MB at full frame size) and the mouth
+        boxes of A and B (for `loss.mouth_l1`)."""
         s = self._speaker(i)
         other = int(rng.integers(len(self.speaker_clips) - 1))
         other += other >= s
         rec_a = self.store.record(i)
         rec_b = self.store.record(int(rng.choice(self.speaker_clips[other])))
         fa, fb = self._two(rng, len(rec_a["frames"])), self._two(rng, len(rec_b["frames"]))
-        (a_id, a), _ = self._images(rec_a, fa)
-        (b_id, b), _ = self._images(rec_b, fb)
+        (a_id, a), scale_a = self._images(rec_a, fa)
+        (b_id, b), scale_b = self._images(rec_b, fb)
         la, lb = rec_a["landmarks"][fa[1]], rec_b["landmarks"][fb[1]]
         out = {"a_identity": a_id, "a": a, "b_identity": b_id, "b": b,
                "mouth_a_on_b": mouth_swap.swap_mouth(a, la, b, lb),
                "mouth_b_on_a": mouth_swap.swap_mouth(b, lb, a, la)}
-        return {k: self._resize(v) for k, v in out.items()}
+        out = {k: self._resize(v) for k, v in out.items()}
+        out["a_mouth_box"] = square_mouth_box(la * scale_a, self.mouth_margin, self.size)
+        out["b_mouth_box"] = square_mouth_box(lb * scale_b, self.mouth_margin, self.size)
+        return out
 
     def _stage3(self, i: int, rng) -> dict:
         """Identity and target: two random frames of the (emotional) clip i."""
@@ -183,7 +184,8 @@ class Sampler:
 
     def _stage4(self, i: int, rng) -> dict:
         """T consecutive frames from a random start, their mel windows, mouth boxes and
-        stored lip/pose targets, and a random identity frame of the same clip."""
+        stored lip/pose targets, and a random identity frame of the same clip with its
+        stored lip coefficients (`identity_lip`, the anchor of `audio2lip.target="offset"`)."""
         rec = self.store.record(i)
         n = len(rec["frames"])
         start = int(rng.integers(n - self.t + 1))
@@ -193,12 +195,16 @@ class Sampler:
             raise targets.TargetsError(f"targets of {len(lip)} frames (clip has {n}) or not finite")
         if not np.isfinite(rec["landmarks"][span]).all():
             raise ValueError(f"landmarks of frames {start}..{start + self.t - 1} are not finite")
-        decoded, scale = self._images(rec, [int(rng.integers(n)), *span])
+        ident = int(rng.integers(n))
+        if not np.isfinite(lip[ident]).all():
+            raise targets.TargetsError(f"lip target of identity frame {ident} is not finite")
+        decoded, scale = self._images(rec, [ident, *span])
         boxes = np.stack([square_mouth_box(rec["landmarks"][k] * scale, self.mouth_margin,
                                            self.size) for k in span])
         return {"frames": np.stack([self._resize(f) for f in decoded[1:]]),
                 "mel": rec["mel_windows"][span], "identity": self._resize(decoded[0]),
-                "mouth_boxes": boxes, "lip_targets": lip[span], "pose_targets": pose[span]}
+                "mouth_boxes": boxes, "lip_targets": lip[span], "pose_targets": pose[span],
+                "identity_lip": lip[ident]}
 
 
 def square_mouth_box(landmarks: np.ndarray, margin: float, size: int) -> np.ndarray:

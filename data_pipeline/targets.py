@@ -91,7 +91,9 @@ def _write_info(directory: str, info: dict) -> None:
     os.replace(tmp, os.path.join(directory, INFO))
 
 
-def _resize(frames: np.ndarray, size: int | None) -> np.ndarray:
+def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 (N, H, H, 3) -> (N, size, size, 3) as every loader resizes: area averaging
+    down, bicubic up; unchanged when size is None or already the size."""
     if size is None or frames.shape[1:3] == (size, size):
         return frames
     interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_CUBIC
@@ -106,7 +108,7 @@ def _batches(store, clips: list[int], lengths: list[int], batch_size: int, size:
     rows, frames, row = [], [], 0
     for g, t in zip(clips, lengths):
         try:
-            clip_frames = _resize(store.clip(g)["frames"], size)
+            clip_frames = resize_frames(store.clip(g)["frames"], size)
         except (shards.ShardError, ValueError) as e:
             bad[str(g)] = str(e)
         else:

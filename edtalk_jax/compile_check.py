@@ -50,6 +50,8 @@ def batch_spec(config, size: Optional[int] = None) -> Dict[str, jax.ShapeDtypeSt
         out.update(source=img(b), target=img(b))
     elif spec.data_stage == 2:
         out.update({k: img(b) for k in ("a_identity", "a", "b_identity", "b", "mouth_a_on_b", "mouth_b_on_a")})
+        out.update(a_mouth_box=jax.ShapeDtypeStruct((b, 4), jnp.float32),
+                   b_mouth_box=jax.ShapeDtypeStruct((b, 4), jnp.float32))
     elif spec.data_stage == 3:
         out.update(identity=img(b), target=img(b), emotion=jax.ShapeDtypeStruct((b,), jnp.int32),
                    level=jax.ShapeDtypeStruct((b,), jnp.int32))
@@ -59,7 +61,7 @@ def batch_spec(config, size: Optional[int] = None) -> Dict[str, jax.ShapeDtypeSt
         pose = int(config.model.pose_dim or run_config.OFFICIAL_SHAPE["pose_dim"])
         f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
         out.update(frames=img(b, t), mel=f32(b, t, *MEL_WINDOW), identity=img(b), mouth_boxes=f32(b, t, 4),
-                   lip_targets=f32(b, t, lip), pose_targets=f32(b, t, pose))
+                   lip_targets=f32(b, t, lip), pose_targets=f32(b, t, pose), identity_lip=f32(b, lip))
     else:  # a new loader stage must be described here
         raise ValueError(f"stage {config.stage}: no batch layout for loader stage {spec.data_stage}")
     out["index"] = jax.ShapeDtypeStruct((b,), jnp.int32)

@@ -20,6 +20,7 @@ CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "loss.latent_reduction": ("mean", "sum"),
     "syncnet.audio_window": ("aligned", "official"),
+    "audio2lip.target": ("absolute", "offset"),
     "perceptual.backbone": ("vgg19", "lpips_vgg16", "random_vgg19", "random_vgg16"),
 }
 

@@ -3,29 +3,45 @@
   python -m launch.compute_targets --shards DIR --checkpoint EDTalk_lip_pose.pt --name NAME \
       [--batch 64]
 
---checkpoint is an official .pt (read without torch) or a directory written by
-launch.convert; kind "lip_pose" or the full "generator". Targets go to
-DIR/targets/NAME/ (data_pipeline.targets); an interrupted run resumes per shard.
+--checkpoint is an official .pt (read without torch), a directory written by
+launch.convert, a training workdir (its latest checkpoint; the EMA weights when kept) or
+one step directory; kind "lip_pose" or the full "generator". Targets go to
+DIR/targets/NAME/ (data_pipeline.targets), tied to the checkpoint file or step
+directory; an interrupted run resumes per shard.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 
 GENERATOR_KINDS = ("lip_pose", "generator")
 
 
 def coeff_fn_from_checkpoint(path: str, batch_size: int):
-    """(coeff_fn, model size) of the lip-pose (or full) generator stored at `path`."""
-    from edtalk_jax import inference, model_io
+    """(coeff_fn, model size, the file or step directory the weights come from) of the
+    lip-pose (or full) generator stored at `path`."""
+    from edtalk_jax import checkpointing, inference, initialize, model_io
     from edtalk_jax.models import build_model
 
-    kind, cfg, variables = model_io.load_any(path)
-    if kind not in GENERATOR_KINDS:
-        raise ValueError(f"{path}: holds a {kind}; targets need one of {GENERATOR_KINDS}")
+    where = checkpointing.resolve(path)
+    if where.kind in ("official", "converted"):
+        kind, cfg, variables = model_io.load_any(path)
+        if kind not in GENERATOR_KINDS:
+            raise ValueError(f"{path}: holds a {kind}; targets need one of {GENERATOR_KINDS}")
+        weights = where.path
+    else:  # a training workdir or step directory
+        src = initialize.read_source(path, "--checkpoint")
+        kind, cfg = src.model.get("kind"), src.model
+        if kind not in GENERATOR_KINDS or "gen" not in src.params:
+            raise ValueError(f"{path}: a {kind or 'checkpoint without a generator'}; targets need one of "
+                             f"{GENERATOR_KINDS}")
+        variables = {"params": src.params["gen"], **src.model_state.get("gen", {})}
+        weights = (os.path.join(where.path, checkpointing.CHECKPOINTS, str(where.step))
+                   if where.kind == "workdir" else where.path)
     model = build_model(kind, cfg)
-    return inference.coefficient_fn(model, variables, ("lip", "pose"), batch_size), int(cfg["size"])
+    return inference.coefficient_fn(model, variables, ("lip", "pose"), batch_size), int(cfg["size"]), weights
 
 
 def main(argv=None) -> None:
@@ -34,13 +50,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shards", required=True, help="shard directory (with manifest.json)")
     parser.add_argument("--checkpoint", required=True,
-                        help="lip-pose generator: official .pt or a launch.convert directory")
+                        help="lip-pose generator: official .pt, launch.convert directory, training "
+                             "workdir or step directory")
     parser.add_argument("--name", required=True, help="targets name (DIR/targets/NAME)")
     parser.add_argument("--batch", type=int, default=64, help="frames per generator call")
     args = parser.parse_args(argv)
-    coeff_fn, size = coeff_fn_from_checkpoint(args.checkpoint, args.batch)
-    info = targets.compute_targets(args.shards, args.name, coeff_fn, args.batch,
-                                   checkpoint=args.checkpoint, size=size)
+    coeff_fn, size, weights = coeff_fn_from_checkpoint(args.checkpoint, args.batch)
+    info = targets.compute_targets(args.shards, args.name, coeff_fn, args.batch, checkpoint=weights, size=size)
     summary = {k: info[k] for k in ("name", "checkpoint", "lip_dim", "pose_dim", "complete")}
     summary.update(shards=len(info["shards"]), bad_clips=len(info["bad_clips"]))
     print(json.dumps(summary, indent=1))

@@ -218,6 +218,7 @@ def _stage4_batch(b=2, t=4, lip=3, seed=9):
             "identity": r.uniform(-1, 1, (b, 8, 8, 3)).astype(np.float32),
             "lip_targets": r.randn(b, t, lip).astype(np.float32),
             "pose_targets": r.randn(b, t, 6).astype(np.float32),
+            "identity_lip": r.randn(b, lip).astype(np.float32),
             "mouth_boxes": np.tile(np.float32([1, 2, 6, 7]), (b, t, 1))}
 
 
@@ -250,7 +251,15 @@ def test_stage4_coefficient_and_smoothness_losses_match_numpy():
     out2 = stage4.compute_losses(ctx, params, {"audio2lip": {}}, {k: jnp.asarray(v) for k, v in batch.items()},
                                  {"lip_mean": jnp.asarray(lip_mean)}, train=False)
     np.testing.assert_allclose(out2.scalars["stage4/mean_baseline_mse"], np.mean((tgt - lip_mean) ** 2), rtol=1e-5)
+    ident = batch["identity_lip"].astype(np.float64)[:, None]
+    np.testing.assert_allclose(out.scalars["stage4/identity_baseline_mse"], np.mean((tgt - ident) ** 2), rtol=1e-5)
     assert set(variables["params"]) == {"scale"}
+    # target="offset": the prediction is the identity frame's coefficients plus the output
+    config.audio2lip.target = "offset"
+    out3 = stage4.compute_losses(ctx, params, {"audio2lip": {}}, {k: jnp.asarray(v) for k, v in batch.items()},
+                                 {}, train=False)
+    np.testing.assert_allclose(out3.losses["coeff"], np.mean((ident + lips - tgt) ** 2, axis=(1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(out3.losses["smooth"], out.losses["smooth"], rtol=1e-5)  # a constant shift
 
 
 def _bilinear_zero_pad(img, py, px):
@@ -268,6 +277,21 @@ def _bilinear_zero_pad(img, py, px):
     return out
 
 
+@pytest.mark.parametrize("side, crop", [(32, 12), (16, 8), (256, 96), (512, 96)])
+def test_mouth_l1_crops_scale_with_the_frame(side, crop):
+    """96x96 crops at 256² (official) and above, side * 96 / 256 below, at least 8."""
+    r = np.random.RandomState(side)
+    pred, target = (r.uniform(-1, 1, (2, side, side, 3)).astype(np.float32) for _ in range(2))
+    boxes = np.float32([[side * 0.3, side * 0.5, side * 0.7, side * 0.9], [0, 0, side / 2, side / 2]])
+    got = np.asarray(common.mouth_l1(jnp.asarray(pred), jnp.asarray(target), jnp.asarray(boxes)))
+    t = np.linspace(0.0, 1.0, crop)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.astype(np.float64)):
+        py, px = np.meshgrid(y1 + (y2 - y1) * t - 0.5, x1 + (x2 - x1) * t - 0.5, indexing="ij")
+        ref = np.mean(np.abs(_bilinear_zero_pad(pred[i].astype(np.float64), py, px)
+                             - _bilinear_zero_pad(target[i].astype(np.float64), py, px)))
+        np.testing.assert_allclose(got[i], ref, rtol=1e-4)
+
+
 def test_mouth_crop_matches_numpy_bilinear_sampling():
     """sg2im crop_bbox_batch: `size` points spread evenly from x1 to x2 (pixels), sampled
     like torch grid_sample(align_corners=False): pixel x is read at x - 0.5."""
@@ -277,7 +301,7 @@ def test_mouth_crop_matches_numpy_bilinear_sampling():
     boxes = np.float32([[2, 3, 8, 9],  # inside
                         [0.5, 1.25, 4.75, 11.5],  # fractional
                         [-2, 6, 12, 14]])  # partly outside: zero padding
-    got = np.asarray(stage4.crop_boxes(jnp.asarray(images), jnp.asarray(boxes), size=size))
+    got = np.asarray(common.crop_boxes(jnp.asarray(images), jnp.asarray(boxes), size=size))
     assert got.shape == (n, size, size, 3)
     t = np.linspace(0.0, 1.0, size)
     for i, (x1, y1, x2, y2) in enumerate(boxes.astype(np.float64)):

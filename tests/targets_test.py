@@ -131,7 +131,7 @@ def test_cli_with_a_lip_pose_generator(shards_dir, tmp_path):
     compute_targets.main(["--shards", str(shards_dir), "--checkpoint", str(tmp_path / "lp"),
                           "--name", "lp", "--batch", "16"])
     store = targets.load_targets(shards_dir, "lp", checkpoint=tmp_path / "lp")
-    coeff_fn, size = compute_targets.coeff_fn_from_checkpoint(str(tmp_path / "lp"), 16)
+    coeff_fn, size, _ = compute_targets.coeff_fn_from_checkpoint(str(tmp_path / "lp"), 16)
     assert size == 64
     frames = data_pipeline.read_clip(shards_dir, 3)["frames"].astype(np.float32) / 127.5 - 1
     want = coeff_fn(frames)

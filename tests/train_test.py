@@ -301,6 +301,14 @@ def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, datas
     store, stored = shards.open_clips(data, "train"), targets.load_targets(data, config.data.targets)
     lips = np.concatenate([stored.get(store.global_index(i))[0] for i in range(len(store))])
     np.testing.assert_allclose(result["_run"].consts["lip_mean"], lips.mean(axis=0), rtol=1e-5, atol=1e-7)
+    # launch.compute_targets from the same training workdir gives the same targets
+    from launch import compute_targets
+    compute_targets.main(["--shards", data, "--checkpoint", stage1["workdir"], "--name", "cli", "--batch", "16"])
+    cli = targets.load_targets(data, "cli")
+    for i in range(len(store)):
+        g = store.global_index(i)
+        for a, b in zip(cli.get(g), stored.get(g)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
     after = _flat(result["_run"].final_state.params)
     source = saved_params(stage1["workdir"])
@@ -548,12 +556,19 @@ def test_demo_curriculum_runs_every_stage_and_writes_the_report(tmp_path):
     for name, r in report["stages"].items():
         assert r["steps"] == 2 and r["seconds"] > 0
         assert os.listdir(r["samples"]) == ["0000002.png"], name
-        keys = (("lip_error", "baseline_lip_error", "lip_motion_error", "baseline_lip_motion_error")
+        keys = (("lip_error", "baseline_lip_error", "baseline_identity_lip_error", "lip_motion_error",
+                 "baseline_lip_motion_error")
                 if name == "stage4" else ("psnr", "baseline_psnr", "orthogonality_error"))
         assert all(np.isfinite(r[k]) for k in keys), (name, r)
-        assert r["beats_baseline"] == (r["lip_error"] < r["baseline_lip_error"] if name == "stage4"
+        assert r["beats_baseline"] == (r["lip_error"] < min(r["baseline_lip_error"], r["baseline_identity_lip_error"])
+                                       if name == "stage4"
                                        else r["psnr"] > r["baseline_psnr"])
     assert "psnr_without_exp" in report["stages"]["stage3"] and "cross_psnr" in report["stages"]["stage2"]
+    for name in ("stage1", "stage2", "stage3"):  # the probe matrix on the held-out speakers
+        matrix = report["stages"][name]["disentanglement"]
+        assert set(matrix) == {"mouth", "pose", "expression"}, name
+        assert all(v is None or 0 <= v <= 1 for row in matrix.values() for v in row.values()), matrix
+    assert matrix["pose"]["exp"] is not None and "disentanglement" not in report["stages"]["stage4"]
     assert report["all_beat_baselines"] == all(r["beats_baseline"] for r in report["stages"].values())
     with open(tmp_path / "stage3" / "config.json") as f:  # each stage starts from the previous one
         assert json.load(f)["init_from"] == str(tmp_path / "stage2")

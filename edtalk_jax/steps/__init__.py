@@ -20,7 +20,7 @@ _RECON = ("l1", "perceptual", "gan", "ortho")
 STAGES = {
     "stage1": StageSpec(reconstruction.compute_losses, 1, _RECON, ("lip_pose", "generator")),
     "stage2": StageSpec(stage2.compute_losses, 2,
-                        _RECON + ("cross_l1", "cross_perceptual", "latent_lip", "latent_pose"),
+                        _RECON + ("cross_l1", "cross_perceptual", "latent_lip", "latent_pose", "mouth_l1"),
                         ("lip_pose", "generator")),
     "stage3": StageSpec(reconstruction.compute_losses, 3, _RECON, ("generator",)),
     "stage4": StageSpec(stage4.compute_losses, 4,

@@ -25,6 +25,7 @@ import optax
 
 from edtalk_jax import losses as L
 from edtalk_jax import optim
+from edtalk_jax.layers.warp import grid_sample
 from edtalk_jax.metrics import tree_norm
 
 Array = jnp.ndarray
@@ -116,6 +117,30 @@ def psnr(pred, target) -> Array:
     t = (jnp.clip(target.astype(jnp.float32), -1, 1) + 1) / 2
     mse = jnp.mean(jnp.square(p - t).reshape(p.shape[0], -1), axis=1)
     return -10 * jnp.log10(jnp.maximum(mse, 1e-10))
+
+
+MOUTH_CROP = 96
+
+
+def crop_boxes(images, boxes, size: int = MOUTH_CROP):
+    """images (N, H, W, C), boxes (N, 4) pixel (x1, y1, x2, y2) -> (N, size, size, C),
+    bilinear (sg2im crop_bbox_batch: sample points spread evenly from x1 to x2)."""
+    n, h, w, _ = images.shape
+    t = jnp.linspace(0.0, 1.0, size)
+    boxes = boxes.astype(jnp.float32)
+    x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * t  # (N, size) pixels
+    y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * t
+    gx = (x / w) * 2 - 1  # normalised like sg2im: box / image side, then [0, 1] -> [-1, 1]
+    gy = (y / h) * 2 - 1
+    grid = jnp.stack(jnp.broadcast_arrays(gx[:, None, :], gy[:, :, None]), axis=-1)
+    return grid_sample(images, grid)
+
+
+def mouth_l1(pred, target, boxes) -> Array:
+    """Per-example L1 of the mouth crops: 96x96 (official stage 4) at 256² and above,
+    scaled with the frame below (a 32² frame's mouth is a few pixels: 12x12 crops)."""
+    size = max(8, min(MOUTH_CROP, round(MOUTH_CROP * pred.shape[1] / 256)))
+    return l1(crop_boxes(pred, boxes, size), crop_boxes(target, boxes, size))
 
 
 def perceptual(ctx: Context, consts, pred, target) -> Array:

@@ -7,7 +7,10 @@ lip coefficients of `mouth_a_on_b` (A's mouth) and the pose coefficients of
 `mouth_b_on_a` (A's pose); B symmetrically. Losses: L1 + perceptual of the self and
 cross reconstructions (the official sums over A and B), GAN on all four, and
 exp(-cos) consistency of the lip and pose latents (z = sum_k alpha_k q_k, 512-d)
-between each cross reconstruction and its self reconstruction.
+between each cross reconstruction and its self reconstruction. Not official, off by
+default: `loss.mouth_l1`, the L1 of the mouth crops of all four reconstructions (A's and
+B's mouth boxes); at low resolution the mouth is too few pixels for the whole-image
+terms to make the lip space encode it (docs/training.md).
 
 All six images go through the encoder in one call and all four reconstructions through
 the decoder in one call (batch 6B and 4B): same numbers, fewer, larger ops.
@@ -64,6 +67,10 @@ def compute_losses(ctx: common.Context, params, model_state, batch, consts, trai
     losses = {k: pair(v) for k, v in common.reconstruction(ctx, consts, own, targets).items()}
     losses.update({k: pair(v) for k, v in
                    common.reconstruction(ctx, consts, cross, targets, prefix="cross_").items()})
+    if ctx.weight("mouth_l1"):
+        boxes = jnp.concatenate([batch["a_mouth_box"], batch["b_mouth_box"]])
+        losses["mouth_l1"] = (pair(common.mouth_l1(own, targets, boxes))
+                              + pair(common.mouth_l1(cross, targets, boxes)))
     if ctx.weight("gan"):
         losses["gan"] = common.gan_g(ctx, params["dis"], images, groups=4)
     for part in ("lip", "pose"):

@@ -2,10 +2,14 @@
 window to the 20 lip coefficients; the generator renders them with the frame's pose
 coefficients on the identity frame.
 
+With `audio2lip.target="offset"` Audio2Lip's output is added to the identity frame's
+lip coefficients (`batch["identity_lip"]`): the coefficients of a held-out speaker's
+closed mouth cannot be heard, but they can be read from the source image.
+
 Losses per example (averaged over the T frames): `coeff` MSE to the lip targets,
 `smooth` MSE of their temporal differences, and on the rendered frames `l1`,
-`perceptual`, `gan`, `mouth_l1` (96x96 crops of the mouth boxes, sg2im's
-crop_bbox_batch) and `sync` (Wav2Lip's colour SyncNet on the lower halves of the T
+`perceptual`, `gan`, `mouth_l1` (96x96 crops of the mouth boxes at 256², sg2im's
+crop_bbox_batch; common.mouth_l1) and `sync` (Wav2Lip's colour SyncNet on the lower halves of the T
 rendered face crops, only when `syncnet.path` is set). Terms with weight 0 are not
 computed; with every image term at 0 nothing is rendered.
 
@@ -17,25 +21,7 @@ the default "aligned" takes the middle frame's window.
 import jax
 import jax.numpy as jnp
 
-from edtalk_jax.layers.warp import grid_sample
 from edtalk_jax.steps import common
-
-MOUTH_CROP = 96
-
-
-def crop_boxes(images, boxes, size: int = MOUTH_CROP):
-    """images (N, H, W, C), boxes (N, 4) pixel (x1, y1, x2, y2) -> (N, size, size, C),
-    bilinear (sg2im crop_bbox_batch: sample points spread evenly from x1 to x2)."""
-    n, h, w, _ = images.shape
-    t = jnp.linspace(0.0, 1.0, size)
-    boxes = boxes.astype(jnp.float32)
-    x = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * t  # (N, size) pixels
-    y = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * t
-    gx = (x / w) * 2 - 1  # normalised like sg2im: box / image side, then [0, 1] -> [-1, 1]
-    gy = (y / h) * 2 - 1
-    grid = jnp.stack(jnp.broadcast_arrays(gx[:, None, :], gy[:, :, None]), axis=-1)
-    return grid_sample(images, grid)
-
 
 def render(gen, identity, lip, pose, t: int):
     """identity (B, S, S, 3), lip/pose (B*T, K) -> (B*T, S, S, 3)."""
@@ -65,6 +51,9 @@ def compute_losses(ctx: common.Context, params, model_state, batch, consts, trai
     lips, new_state = predict_lips(ctx, params, model_state, mel, train)
     lips = lips.astype(jnp.float32)
     target = batch["lip_targets"].astype(jnp.float32)
+    identity_lip = batch["identity_lip"].astype(jnp.float32)[:, None]
+    if ctx.config.audio2lip.target == "offset":
+        lips = lips + identity_lip
     per_frame = lambda v: v.reshape(b, t).mean(axis=1)
     losses = {"coeff": jnp.mean(jnp.square(lips - target), axis=(1, 2)),
               "smooth": jnp.mean(jnp.square(jnp.diff(lips, axis=1) - jnp.diff(target, axis=1)), axis=(1, 2))}
@@ -76,6 +65,8 @@ def compute_losses(ctx: common.Context, params, model_state, batch, consts, trai
     motion = lambda x: x - jnp.mean(x, axis=1, keepdims=True)
     scalars = {"stage4/lip_mse": jnp.mean(losses["coeff"]),
                "stage4/mean_baseline_mse": jnp.mean(jnp.square(target - mean)),
+               # Copy the identity frame's mouth: what the source image alone says.
+               "stage4/identity_baseline_mse": jnp.mean(jnp.square(target - identity_lip)),
                "stage4/lip_motion_mse": jnp.mean(jnp.square(motion(lips) - motion(target))),
                "stage4/still_baseline_mse": jnp.mean(jnp.square(motion(target)))}
     flat = frames.reshape((b * t,) + frames.shape[2:])
@@ -88,7 +79,7 @@ def compute_losses(ctx: common.Context, params, model_state, batch, consts, trai
             losses["gan"] = per_frame(common.gan_g(ctx, params["dis"], recon))
         if ctx.weight("mouth_l1"):
             boxes = batch["mouth_boxes"].reshape(b * t, 4)
-            losses["mouth_l1"] = per_frame(common.l1(crop_boxes(recon, boxes), crop_boxes(flat, boxes)))
+            losses["mouth_l1"] = per_frame(common.mouth_l1(recon, flat, boxes))
         if ctx.weight("sync") and "syncnet" in ctx.models:
             losses["sync"] = sync_loss(ctx, consts, recon.reshape(frames.shape), mel)
     images = (("identity", batch["identity"]), ("target", frames[:, t // 2]))

@@ -1,0 +1,127 @@
+"""Disentanglement scores on data with ground-truth factors (the synthetic dataset): how
+well each motion space's coefficients predict each factor group.
+
+For every (factor group, space) pair a ridge probe maps the space's coefficients to the
+group's factors. It is fitted on the training clips and scored on the held-out clips by
+R² (clipped at 0: no better than predicting the mean), pooled over the group's factors,
+each scaled by its training standard deviation so that degrees and frame fractions
+weigh alike. Coefficients and factors are centred per clip first: a score says how a
+space follows a factor *within* a clip. A speaker's constant offset, which any space may
+carry, does not count; neither does what a clip holds constant.
+
+`matrix[factor][space]`: the diagonal (mouth-lip, pose-pose, expression-exp) should be
+high and the rest low. A group without varying factors, or a space the model lacks,
+scores None.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+
+FACTOR_GROUPS = {
+    "mouth": ("mouth_open", "lip_round"),
+    "pose": ("yaw", "pitch", "roll", "tx", "ty", "scale"),
+    "expression": ("expr_intensity", "brow_raise", "brow_furrow", "brow_tilt", "eye_open",
+                   "mouth_corner", "mouth_width", "mouth_asym", "lip_raise", "jaw_open"),
+}
+SPACES = ("lip", "pose", "exp")
+RIDGE = 1e-3  # x the row count, on standardised coefficients: against near-collinear bases
+
+
+def probe_r2(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+             ridge: float = RIDGE) -> float:
+    """Held-out R² of a ridge regression y ~ x (columns of x standardised on the training
+    rows, an intercept, y pooled over its columns), clipped at 0."""
+    x_train, x_test = np.asarray(x_train, np.float64), np.asarray(x_test, np.float64)
+    y_train, y_test = np.asarray(y_train, np.float64), np.asarray(y_test, np.float64)
+    mu, sd = x_train.mean(0), x_train.std(0)
+    sd = np.where(sd > 0, sd, 1.0)
+    a_train = np.hstack([(x_train - mu) / sd, np.ones((len(x_train), 1))])
+    a_test = np.hstack([(x_test - mu) / sd, np.ones((len(x_test), 1))])
+    reg = ridge * len(a_train) * np.eye(a_train.shape[1])
+    reg[-1, -1] = 0.0  # the intercept is not shrunk
+    w = np.linalg.solve(a_train.T @ a_train + reg, a_train.T @ y_train)
+    sse = np.sum((a_test @ w - y_test) ** 2)
+    sst = np.sum((y_test - y_test.mean(0)) ** 2)
+    return float(max(0.0, 1.0 - sse / sst)) if sst > 0 else 0.0
+
+
+def score_matrix(clips: Sequence[Mapping[str, Any]], factor_names: Sequence[str],
+                 ridge: float = RIDGE) -> Dict[str, Dict[str, Optional[float]]]:
+    """clips: {"test": bool, "coeffs": {space: (T, K)}, "factors": (T, F)} each, with
+    both splits present -> {group: {space: R² or None}}."""
+    split = {s: [c for c in clips if bool(c["test"]) == s] for s in (False, True)}
+    if not split[False] or not split[True]:
+        raise ValueError(f"disentanglement: need training and held-out clips, got "
+                         f"{len(split[False])} and {len(split[True])}")
+    centred = lambda x: x - x.mean(0, keepdims=True)
+
+    def stack(s: bool, get) -> np.ndarray:
+        return np.concatenate([centred(np.asarray(get(c), np.float64)) for c in split[s]])
+
+    names = list(factor_names)
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for group, members in FACTOR_GROUPS.items():
+        cols = [names.index(n) for n in members if n in names]
+        f_train = stack(False, lambda c: np.asarray(c["factors"])[:, cols]) if cols else None
+        if cols:
+            sd = f_train.std(0)
+            cols = [k for k, s in zip(cols, sd) if s > 1e-6]  # factors that vary within clips
+        out[group] = {}
+        for space in SPACES:
+            if not cols or any(space not in c["coeffs"] for c in clips):
+                out[group][space] = None
+                continue
+            f_train = stack(False, lambda c: np.asarray(c["factors"])[:, cols])
+            f_test = stack(True, lambda c: np.asarray(c["factors"])[:, cols])
+            scale = f_train.std(0)
+            out[group][space] = probe_r2(stack(False, lambda c: c["coeffs"][space]), f_train / scale,
+                                         stack(True, lambda c: c["coeffs"][space]), f_test / scale, ridge)
+    return out
+
+
+def collect(coeff_fn, data_dir: str, test_keys: Iterable[str], size: int) -> tuple[list, list]:
+    """(clips for score_matrix, factor names) of every clip in a shard directory that has
+    ground-truth factors. coeff_fn: frames float32 (N, S, S, 3) in [-1, 1] -> {space:
+    (N, K)} (inference.coefficient_fn); frames are resized to `size` as the loaders do."""
+    from data_pipeline import shards, targets
+
+    store = shards.ClipStore(data_dir)
+    test_keys = set(test_keys)
+    clips, names = [], None
+    for g in range(len(store)):
+        meta = store.meta(g)
+        clip_names = [n for n in meta.get("factor_names", "").split(",") if n]
+        if not clip_names:
+            continue
+        if names is None:
+            names = clip_names
+        elif clip_names != names:
+            raise ValueError(f"{data_dir}: clip {shards.clip_key(meta)} has factors {clip_names}, "
+                             f"others {names}")
+        clip = store.clip(g)
+        frames = targets.resize_frames(clip["frames"], size).astype(np.float32) / 127.5 - 1
+        clips.append({"test": shards.clip_key(meta) in test_keys, "coeffs": coeff_fn(frames),
+                      "factors": clip["factors"]})
+    if names is None:
+        raise ValueError(f"{data_dir}: no clip has ground-truth factors (synthetic data has them)")
+    return clips, names
+
+
+def evaluate(model, variables, data_dir: str, size: int, batch_size: int = 64) -> Dict[str, Any]:
+    """{"matrix", "clips": {"train", "test"}} of a generator on a shard directory with a
+    held-out split (splits/test.json)."""
+    import json
+    import os
+
+    from edtalk_jax import inference
+
+    with open(os.path.join(data_dir, "splits", "test.json")) as f:
+        test_keys = json.load(f)
+    parts = tuple(p for p in SPACES if p in model.parts)
+    fn = inference.coefficient_fn(model, variables, parts=parts, batch_size=batch_size)
+    clips, names = collect(fn, data_dir, test_keys, size)
+    return {"matrix": score_matrix(clips, names),
+            "clips": {"train": sum(not c["test"] for c in clips), "test": sum(c["test"] for c in clips)}}
