@@ -35,6 +35,8 @@ EXTRAS = {
         "pillow",
         "msgpack",  # the clip record encoding (no pickle in shards)
         "psutil",  # CPU accounting of loader worker processes (launch.benchmark_loaders)
+        # SSIM of launch.evaluate (edtalk_jax.evaluation), which also needs this extra's decoder and dlib.
+        "scikit-image>=0.22",
     ],
     # Writing official-layout .pt files (export). Reading .pt never needs torch.
     "torch": ["torch>=2.1"],

@@ -42,14 +42,17 @@ def _stage_report(name: str, final: Dict[str, Any], seconds: float) -> Dict[str,
     return out
 
 
-def _disentanglement(run_, data_dir: str) -> Dict[str, Any]:
+def _disentanglement(run_, data_dir: str, stage_dir: str) -> Dict[str, Any]:
     """The factor x space probe matrix of the stage's generator on the held-out speakers
-    (edtalk_jax.disentanglement); the synthetic dataset has the ground truth."""
+    (edtalk_jax.disentanglement; the synthetic dataset has the ground truth), also drawn
+    to STAGE_DIR/disentanglement.png."""
     from edtalk_jax import disentanglement
     from edtalk_jax.steps import common
     params = common.eval_params(run_.final_state)["gen"]
-    return disentanglement.evaluate(run_.models.gen, {"params": params}, data_dir,
-                                    size=run_.config.model.size)["matrix"]
+    matrix = disentanglement.evaluate(run_.models.gen, {"params": params}, data_dir,
+                                      size=run_.config.model.size)["matrix"]
+    disentanglement.heatmap_png(matrix, os.path.join(stage_dir, "disentanglement.png"))
+    return matrix
 
 
 def enable_compilation_cache(directory: str) -> None:
@@ -97,7 +100,7 @@ def run(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
             return report
         report["stages"][name] = _stage_report(name, final, time.perf_counter() - start)
         if name != "stage4" and run_ is not None:  # stage 4 leaves the generator as it was
-            report["stages"][name]["disentanglement"] = _disentanglement(run_, data_dir)
+            report["stages"][name]["disentanglement"] = _disentanglement(run_, data_dir, stage_dir)
         with open(report_path, "w") as f:
             json.dump(report, f, indent=1)
         previous = stage_dir

@@ -125,3 +125,36 @@ def evaluate(model, variables, data_dir: str, size: int, batch_size: int = 64) -
     clips, names = collect(fn, data_dir, test_keys, size)
     return {"matrix": score_matrix(clips, names),
             "clips": {"train": sum(not c["test"] for c in clips), "test": sum(c["test"] for c in clips)}}
+
+
+def heatmap_png(matrix: Mapping[str, Mapping[str, Optional[float]]], path: str, cell: int = 96) -> None:
+    """The matrix as a heat map (rows: factor groups, columns: spaces; white 0 to dark
+    blue 1, hatched grey for None, the value printed in each cell), written with OpenCV."""
+    import cv2
+
+    groups, spaces = list(matrix), list(SPACES)
+    label_w, head_h = 2 * cell, cell // 2
+    img = np.full((head_h + cell * len(groups), label_w + cell * len(spaces), 3), 255, np.uint8)
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, cell / 192
+    for j, space in enumerate(spaces):
+        cv2.putText(img, space, (label_w + j * cell + cell // 3, head_h * 2 // 3), font, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    for i, group in enumerate(groups):
+        y0 = head_h + i * cell
+        cv2.putText(img, group, (8, y0 + cell // 2), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        for j, space in enumerate(spaces):
+            x0 = label_w + j * cell
+            v = matrix[group].get(space)
+            if v is None:
+                img[y0:y0 + cell, x0:x0 + cell] = 200
+                for k in range(-cell, cell, 12):  # hatching
+                    cv2.line(img, (x0 + k, y0 + cell), (x0 + k + cell, y0), (160, 160, 160), 1)
+                text, ink = "n/a", (0, 0, 0)
+            else:
+                shade = np.array([255, 255, 255]) * (1 - v) + np.array([150, 60, 10]) * v  # BGR blue
+                img[y0:y0 + cell, x0:x0 + cell] = shade.astype(np.uint8)
+                text, ink = f"{v:.2f}", (255, 255, 255) if v > 0.5 else (0, 0, 0)
+            cv2.rectangle(img, (x0, y0), (x0 + cell - 1, y0 + cell - 1), (120, 120, 120), 1)
+            cv2.putText(img, text, (x0 + cell // 4, y0 + cell // 2 + 6), font, scale * 1.2, ink, 1, cv2.LINE_AA)
+    if not cv2.imwrite(path, img):
+        raise OSError(f"{path}: could not write the heat map")

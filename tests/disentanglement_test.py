@@ -73,3 +73,16 @@ def test_evaluate_scores_a_generator_on_synthetic_shards(tmp_path):
     for row in out["matrix"].values():
         assert set(row) == set(D.SPACES)
         assert all(v is None or 0.0 <= v <= 1.0 for v in row.values())
+
+
+def test_heatmap_png_shades_by_value(tmp_path):
+    import cv2
+
+    m = {"mouth": {"lip": 1.0, "pose": 0.0, "exp": None}, "pose": {"lip": 0.5, "pose": 1.0, "exp": None},
+         "expression": {"lip": 0.0, "pose": 0.0, "exp": None}}
+    path = str(tmp_path / "m.png")
+    D.heatmap_png(m, path, cell=64)
+    img = cv2.imread(path)
+    assert img.shape == (32 + 3 * 64, 128 + 3 * 64, 3)
+    corner = lambda i, j: img[32 + i * 64 + 4, 128 + j * 64 + 4].astype(int)  # away from the text
+    assert corner(0, 0).sum() < corner(1, 0).sum() < corner(0, 1).sum()  # 1.0 darker than 0.5 than 0

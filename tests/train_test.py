@@ -567,6 +567,7 @@ def test_demo_curriculum_runs_every_stage_and_writes_the_report(tmp_path):
     for name in ("stage1", "stage2", "stage3"):  # the probe matrix on the held-out speakers
         matrix = report["stages"][name]["disentanglement"]
         assert set(matrix) == {"mouth", "pose", "expression"}, name
+        assert os.path.getsize(tmp_path / name / "disentanglement.png") > 0
         assert all(v is None or 0 <= v <= 1 for row in matrix.values() for v in row.values()), matrix
     assert matrix["pose"]["exp"] is not None and "disentanglement" not in report["stages"]["stage4"]
     assert report["all_beat_baselines"] == all(r["beats_baseline"] for r in report["stages"].values())
