@@ -91,13 +91,17 @@ def _write_info(directory: str, info: dict) -> None:
     os.replace(tmp, os.path.join(directory, INFO))
 
 
-def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
-    """uint8 (N, H, H, 3) -> (N, size, size, 3) as every loader resizes: area averaging
-    down, bicubic up; unchanged when size is None or already the size."""
-    if size is None or frames.shape[1:3] == (size, size):
+def resize_frames(frames: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> (N, size, size, 3) (or (N, height, width, 3) for a pair) as
+    every loader resizes: area averaging down, bicubic up; unchanged when size is None or
+    already the size."""
+    if size is None:
         return frames
-    interp = cv2.INTER_AREA if frames.shape[1] > size else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (size, size), interpolation=interp) for f in frames])
+    height, width = (size, size) if isinstance(size, int) else size
+    if frames.shape[1:3] == (height, width):
+        return frames
+    interp = cv2.INTER_AREA if frames.shape[1] * frames.shape[2] > height * width else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
 
 
 def _batches(store, clips: list[int], lengths: list[int], batch_size: int, size: int | None,

@@ -140,11 +140,9 @@ def lpips_per_frame(pred: np.ndarray, ref: np.ndarray, batch_size: int = LPIPS_B
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Frames resized to (height, width): area interpolation when shrinking, cubic when enlarging."""
-    import cv2
-
-    interp = cv2.INTER_AREA if frames.shape[1] * frames.shape[2] > height * width else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+    """Frames resized to (height, width) by the loaders' rule (data_pipeline.targets)."""
+    from data_pipeline import targets
+    return targets.resize_frames(frames, (height, width))
 
 
 # ------------------------------------------------------------------ face metrics

@@ -174,3 +174,30 @@ def test_pred_of_another_size_is_resized_to_the_reference():
     report = evaluation.evaluate(pred, ref, ("psnr", "ssim"))
     assert report["metrics"]["psnr"] > 25  # up then down again: close to the original
     assert "resized" in report["notes"][0]
+
+
+def test_checkpoint_mode_scores_held_out_clips_next_to_copy_the_source(parity_dir, tmp_path, capsys):
+    """An official-layout .pt on synthetic shards: every held-out clip rebuilt from its
+    first frame, the copy-the-source baseline, the disentanglement matrix and its plot;
+    LMD is skipped with its reason (64² faces are below dlib HOG's size)."""
+    from data_pipeline import shards, synthetic
+
+    data = str(tmp_path / "data")
+    synthetic.write_dataset(synthetic.SyntheticConfig(num_speakers=4, clips_per_speaker=2, frames_per_clip=5,
+                                                      size=64, seed=0), data, workers=1, progress=False)
+    shards.write_splits(data, other_test_fraction=0.5)
+    out = tmp_path / "r.json"
+    evaluate_cli.main(["--checkpoint", str(parity_dir / "edtalk_lip_pose_s64_w8_seed0.pt"), "--shards", data,
+                       "--out", str(out), "--metrics", "psnr,ssim,lmd", "--max-clips", "2"])
+    report = json.loads(out.read_text())
+    assert report["clips"] == 2 and report["frames"] == 10
+    assert set(report["metrics"]) >= {"psnr", "ssim"} and set(report["baseline"]) == {"psnr", "ssim"}
+    assert np.isfinite(report["metrics"]["psnr"]) and 0 < report["baseline"]["ssim"] <= 1
+    assert "m_lmd" in report["skipped"] and "m_lmd" not in report["metrics"]
+    matrix = report["disentanglement"]["matrix"]
+    assert set(matrix) == {"mouth", "pose", "expression"} and matrix["mouth"]["exp"] is None  # lip-pose model
+    assert cv2.imread(report["disentanglement"]["plot"]) is not None
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate_cli.main(["--checkpoint", "x.pt", "--out", str(out)])
+    assert "--checkpoint and --shards (checkpoint mode)" in capsys.readouterr().err
