@@ -22,19 +22,6 @@ from edtalk_jax import evaluation
 BASELINE_METRICS = ("psnr", "ssim", "lpips")  # the cheap ones, for copy-the-source
 
 
-def load_generator(checkpoint: str):
-    """(model, variables, model config) of the generator in an official .pt, a
-    launch.convert directory, a training workdir (EMA weights when kept) or step directory."""
-    from edtalk_jax import initialize
-    from edtalk_jax.models import build_model
-
-    src = initialize.read_source(checkpoint, "--checkpoint")
-    if "gen" not in src.params or src.model.get("kind") not in ("generator", "lip_pose"):
-        raise evaluation.EvaluationError(f"{checkpoint}: holds no generator (kind {src.model.get('kind')!r})")
-    model = build_model(src.model["kind"], src.model)
-    return model, {"params": src.params["gen"], **src.model_state.get("gen", {})}, src.model
-
-
 def self_reconstruction_fn(model, batch_size: int):
     """-> fn(variables, source uint8 (S, S, 3), frames uint8 (T, S, S, 3)) -> uint8 frames:
     frames driven in fixed chunks through one compiled program (weights as arguments)."""
@@ -66,7 +53,9 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
     from data_pipeline import shards, targets
     from edtalk_jax import disentanglement
 
-    model, variables, cfg = load_generator(checkpoint)
+    from edtalk_jax import initialize
+
+    model, variables, cfg, _ = initialize.load_generator(checkpoint)
     size = int(cfg["size"])
     try:
         store = shards.open_clips(shards_dir, split)
@@ -76,8 +65,9 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
     if not count:
         raise evaluation.EvaluationError(f"{shards_dir}: split {split!r} has no clips")
     render = self_reconstruction_fn(model, batch_size)
-    sums: Dict[str, float] = {}
+    sums: Dict[str, float] = {}  # metric -> sum of clip value x clip frames (counts: sum)
     base_sums: Dict[str, float] = {}
+    weights: Dict[str, int] = {}  # metric -> frames of the clips it was scored on
     frames_total, skipped, notes = 0, {}, []
     for i in tqdm(range(count), desc="clips", disable=not progress):
         clip = targets.resize_frames(store.clip(i)["frames"], size)
@@ -90,10 +80,12 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
         for report, acc in ((scored, sums), (held, base_sums)):
             for k, v in report["metrics"].items():
                 acc[k] = acc.get(k, 0.0) + (v if k.endswith("without_face") else v * t)
+                if acc is sums:
+                    weights[k] = weights.get(k, 0) + t
         skipped.update(scored["skipped"])
         notes += [n for n in scored["notes"] if n not in notes]
-    mean = lambda acc: {k: (v if k.endswith("without_face") else v / frames_total) for k, v in acc.items()}
-    # a metric skipped on some clips and scored on others is averaged over a subset: say so
+    mean = lambda acc: {k: (v if k.endswith("without_face") else v / weights[k]) for k, v in acc.items()}
+    # a metric skipped on some clips and scored on others is averaged over those clips: say so
     partial = sorted(set(skipped) & set(sums))
     if partial:
         notes.append(f"{partial}: scored on the clips with faces only")

@@ -87,6 +87,32 @@ class Models:
                 if getattr(self, k) is not None}
 
 
+GENERATOR_KINDS = ("lip_pose", "generator")
+
+
+def load_generator(path: str, field: str = "--checkpoint"):
+    """(Generator, variables, model config, where the weights are) of the generator in an
+    official .pt, a launch.convert directory, a training workdir (its latest checkpoint;
+    the EMA weights when kept) or a step directory. `where` is the file or the step
+    directory (what a result computed from these weights is tied to)."""
+    import os
+
+    src_kind = checkpointing.resolve(path)
+    if src_kind.kind in ("official", "converted"):  # the generator only (no D pass)
+        kind, cfg, variables = model_io.load_any(path)
+        where = src_kind.path
+    else:
+        src = read_source(path, field)
+        kind, cfg = src.model.get("kind"), src.model
+        variables = {"params": src.params.get("gen"), **src.model_state.get("gen", {})}
+        where = (os.path.join(src_kind.path, checkpointing.CHECKPOINTS, str(src_kind.step))
+                 if src_kind.kind == "workdir" else src_kind.path)
+    if kind not in GENERATOR_KINDS or variables.get("params") is None:
+        raise ConfigError(f"{field}={path}: holds a {kind or 'checkpoint without a generator'}, "
+                          f"not one of {GENERATOR_KINDS}")
+    return build_model(kind, cfg), variables, cfg, where
+
+
 def build_models(config, model_cfg: Dict[str, Any], weights: Dict[str, float]) -> Tuple[Models, Dict[str, Any]]:
     """(modules, constants): the generator, discriminator, Audio2Lip for stage 4, and the
     frozen loss networks (perceptual, SyncNet) with their variables in `consts`."""

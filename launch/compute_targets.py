@@ -13,35 +13,15 @@ directory; an interrupted run resumes per shard.
 from __future__ import annotations
 
 import argparse
-import os
 import json
-
-GENERATOR_KINDS = ("lip_pose", "generator")
-
 
 def coeff_fn_from_checkpoint(path: str, batch_size: int):
     """(coeff_fn, model size, the file or step directory the weights come from) of the
-    lip-pose (or full) generator stored at `path`."""
-    from edtalk_jax import checkpointing, inference, initialize, model_io
-    from edtalk_jax.models import build_model
+    lip-pose (or full) generator stored at `path` (initialize.load_generator)."""
+    from edtalk_jax import inference, initialize
 
-    where = checkpointing.resolve(path)
-    if where.kind in ("official", "converted"):
-        kind, cfg, variables = model_io.load_any(path)
-        if kind not in GENERATOR_KINDS:
-            raise ValueError(f"{path}: holds a {kind}; targets need one of {GENERATOR_KINDS}")
-        weights = where.path
-    else:  # a training workdir or step directory
-        src = initialize.read_source(path, "--checkpoint")
-        kind, cfg = src.model.get("kind"), src.model
-        if kind not in GENERATOR_KINDS or "gen" not in src.params:
-            raise ValueError(f"{path}: a {kind or 'checkpoint without a generator'}; targets need one of "
-                             f"{GENERATOR_KINDS}")
-        variables = {"params": src.params["gen"], **src.model_state.get("gen", {})}
-        weights = (os.path.join(where.path, checkpointing.CHECKPOINTS, str(where.step))
-                   if where.kind == "workdir" else where.path)
-    model = build_model(kind, cfg)
-    return inference.coefficient_fn(model, variables, ("lip", "pose"), batch_size), int(cfg["size"]), weights
+    model, variables, cfg, where = initialize.load_generator(path)
+    return inference.coefficient_fn(model, variables, ("lip", "pose"), batch_size), int(cfg["size"]), where
 
 
 def main(argv=None) -> None:
