@@ -217,39 +217,79 @@ def read_frames(path, fps: int = FPS, max_seconds: Optional[float] = None) -> np
     return np.stack(frames)
 
 
-def write_video(path, frames, fps: int = FPS, times: Optional[Sequence[float]] = None,
-                audio: Optional[np.ndarray] = None, sample_rate: int = 16000, codec: str = "libx264",
-                pix_fmt: str = "yuv420p", options: Optional[dict] = None) -> None:
-    """Encodes uint8 frames, (T, H, W, 3) RGB or (T, H, W) gray, into `path` (container
-    from the extension), with optional mono float audio (AAC).
+class VideoWriter:
+    """Streams uint8 frames, (N, H, W, 3) RGB or (N, H, W) gray batches, into `path`
+    (container from the extension) with optional mono float audio (AAC), muxed at close.
 
     `times` gives each frame's presentation time in seconds (variable frame rate);
     by default frames are 1/fps apart. libx264 with yuv420p needs even sizes; use
-    yuv444p (or ffv1 in .mkv) for odd ones.
+    yuv444p (or ffv1 in .mkv) for odd ones. Use as a context manager: the file is
+    complete when the `with` block ends without an error.
     """
-    frames = np.asarray(frames, np.uint8)
-    gray = frames.ndim == 3
-    tb = fractions.Fraction(1, 1000) if times is not None else fractions.Fraction(1, fps)
-    with av.open(os.fsdecode(path), "w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = pix_fmt
-        stream.time_base = stream.codec_context.time_base = tb
-        stream.options = dict(options or {})
-        audio_stream = None
-        if audio is not None:
-            audio_stream = container.add_stream("aac", rate=sample_rate, layout="mono")
-        for i, image in enumerate(frames):
+
+    def __init__(self, path, fps: int = FPS, times: Optional[Sequence[float]] = None,
+                 audio: Optional[np.ndarray] = None, sample_rate: int = 16000, codec: str = "libx264",
+                 pix_fmt: str = "yuv420p", options: Optional[dict] = None):
+        self.path, self.fps, self.times = path, fps, times
+        self.audio, self.sample_rate = audio, sample_rate
+        self.codec, self.pix_fmt, self.options = codec, pix_fmt, dict(options or {})
+        self.tb = fractions.Fraction(1, 1000) if times is not None else fractions.Fraction(1, fps)
+        self.container = av.open(os.fsdecode(path), "w")
+        self.stream = self.audio_stream = None
+        self.count = 0
+
+    def _open_stream(self, height: int, width: int) -> None:
+        stream = self.container.add_stream(self.codec, rate=self.fps)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = self.pix_fmt
+        stream.time_base = stream.codec_context.time_base = self.tb
+        stream.options = self.options
+        self.stream = stream
+        if self.audio is not None:  # every stream must exist before the first packet
+            self.audio_stream = self.container.add_stream("aac", rate=self.sample_rate, layout="mono")
+
+    def write(self, frames) -> None:
+        frames = np.asarray(frames, np.uint8)
+        if self.stream is None:
+            self._open_stream(frames.shape[1], frames.shape[2])
+        gray = frames.ndim == 3
+        for image in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="gray" if gray else "rgb24")
-            frame.pts = i if times is None else int(round(times[i] * 1000))
-            frame.time_base = tb
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-        if audio_stream is not None:
-            samples = np.asarray(audio, np.float32).reshape(1, -1)
-            for start in range(0, samples.shape[1], 1024):
-                chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + 1024]),
-                                                   format="fltp", layout="mono")
-                chunk.sample_rate, chunk.pts = sample_rate, start
-                container.mux(audio_stream.encode(chunk))
-            container.mux(audio_stream.encode())
+            i = self.count
+            frame.pts = i if self.times is None else int(round(self.times[i] * 1000))
+            frame.time_base = self.tb
+            self.container.mux(self.stream.encode(frame))
+            self.count += 1
+
+    def close(self) -> None:
+        try:
+            if self.stream is not None:
+                self.container.mux(self.stream.encode())
+            if self.audio_stream is not None:
+                audio_stream = self.audio_stream
+                samples = np.asarray(self.audio, np.float32).reshape(1, -1)
+                for start in range(0, samples.shape[1], 1024):
+                    chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start : start + 1024]),
+                                                       format="fltp", layout="mono")
+                    chunk.sample_rate, chunk.pts = self.sample_rate, start
+                    self.container.mux(audio_stream.encode(chunk))
+                self.container.mux(audio_stream.encode())
+        finally:
+            self.container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.container.close()
+
+
+def write_video(path, frames, fps: int = FPS, times: Optional[Sequence[float]] = None,
+                audio: Optional[np.ndarray] = None, sample_rate: int = 16000, codec: str = "libx264",
+                pix_fmt: str = "yuv420p", options: Optional[dict] = None) -> None:
+    """Encodes all of `frames` at once (VideoWriter, whose docstring says the rest)."""
+    with VideoWriter(path, fps, times, audio, sample_rate, codec, pix_fmt, options) as writer:
+        writer.write(frames)

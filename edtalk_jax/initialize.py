@@ -113,6 +113,28 @@ def load_generator(path: str, field: str = "--checkpoint"):
     return build_model(kind, cfg), variables, cfg, where
 
 
+def load_audio2lip(path: str, field: str = "--audio2lip"):
+    """(Audio2Lip, variables, target) from an official Audio2Lip.pt, a launch.convert
+    directory or a stage-4 training workdir / step directory. `target` is how its output
+    is read (`config.audio2lip.target`): "absolute" lip coefficients (official), or an
+    "offset" from the source face's own lip coefficients."""
+    src_kind = checkpointing.resolve(path)
+    if src_kind.kind in ("official", "converted"):
+        kind, cfg, variables = model_io.load_any(path)
+        if kind != "audio2lip":
+            raise ConfigError(f"{field}={path}: holds a {kind}, not an Audio2Lip")
+        return build_model("audio2lip", cfg), variables, "absolute"
+    src = read_source(path, field)
+    if src.params.get("audio2lip") is None:
+        raise ConfigError(f"{field}={path}: a checkpoint without an Audio2Lip (train one with "
+                          "configs/stage4.py, or give Audio2Lip.pt)")
+    saved = checkpointing.read_config(src_kind) or {}
+    target = (saved.get("audio2lip") or {}).get("target", "absolute")
+    lip_dim = src.model.get("lip_dim", 20)
+    variables = {"params": src.params["audio2lip"], **src.model_state.get("audio2lip", {})}
+    return build_model("audio2lip", {"lip_dim": lip_dim}), variables, target
+
+
 def build_models(config, model_cfg: Dict[str, Any], weights: Dict[str, float]) -> Tuple[Models, Dict[str, Any]]:
     """(modules, constants): the generator, discriminator, Audio2Lip for stage 4, and the
     frozen loss networks (perceptual, SyncNet) with their variables in `consts`."""

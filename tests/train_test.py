@@ -278,7 +278,8 @@ def test_stage3_from_stage2_freezes_lip_pose_parts(stage2, dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, dataset, parity_dir, tmp_path):
+def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, dataset, parity_dir, samples_dir,
+                                                                   tmp_path):
     """From stage 1's generator and D and the official Audio2Lip.pt: the lip targets are
     computed (none stored), the whole generator, D (train_discriminator=False) and the
     audio encoder stay bitwise as loaded; the mapping learns."""
@@ -288,7 +289,7 @@ def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, datas
     shutil.copytree(dataset, data)
     a2l_pt = str(parity_dir / "audio2lip_seed0.pt")
     config = make_config("stage4", data, {"init_from": stage1["workdir"], "audio2lip.init": a2l_pt,
-                                          "total_steps": 2})
+                                          "total_steps": 2, "audio2lip.target": "offset"})
     assert config.train_discriminator is False
     result = run(config, tmp_path / "run")
     assert_finite_losses(result)
@@ -318,6 +319,21 @@ def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, datas
     assert_equal_at(after, official, r"^audio2lip/audio_encoder_")
     mapping = _select(after, r"^audio2lip/", exclude=r"^audio2lip/audio_encoder_")
     assert any(not np.array_equal(after[k], official[k]) for k in mapping)
+
+    # launch.infer from the run: its own Audio2Lip, read as an offset from the source's lips
+    import soundfile
+    from data_pipeline import audio as audio_lib
+    from edtalk_jax import infer
+    models = infer.load_models(str(tmp_path / "run"), need_audio2lip=True)
+    assert models.audio2lip_target == "offset"
+    wav = str(tmp_path / "speech.wav")
+    soundfile.write(wav, audio_lib.load_audio(samples_dir / "mouth_source.wav")[:6 * 640], 16000)
+    photo = str(samples_dir / "identity_source.jpg")
+    renderer = infer.Renderer(models, 4)
+    job = infer.prepare(renderer, infer.Inputs(photo, audio=wav), infer.Options(crop="none", progress=False))
+    own = renderer.source(infer.crop_image(infer.read_image(photo), photo, models.size, infer.Options(crop="none")))
+    expected = renderer.audio_lips(audio_lib.load_audio(wav), smooth=True) + np.asarray(own["alphas"]["lip"])
+    np.testing.assert_allclose(job.alphas["lip"], expected, atol=1e-6)
 
 
 @pytest.mark.slow
