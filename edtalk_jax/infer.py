@@ -110,22 +110,28 @@ def load_models(checkpoint: str, audio2lip: Optional[str] = None, need_audio2lip
     workdir or step directory) and an Audio2Lip: from `audio2lip` when given, else the
     checkpoint's own (a stage-4 run), else none (an error when `need_audio2lip`)."""
     from edtalk_jax import checkpointing, initialize
+    from edtalk_jax.run_config import ConfigError
 
     gen, variables, cfg, where = initialize.load_generator(checkpoint, "--checkpoint")
     models = Models(gen, variables, cfg, where)
-    path = audio2lip
-    if path is None and need_audio2lip:
+    path, field = audio2lip, "--audio2lip"
+    if path is None:
+        path, field = checkpoint, "--checkpoint"
         if checkpointing.resolve(checkpoint).kind not in ("workdir", "step"):
-            raise InferenceError(f"--checkpoint {checkpoint} holds no Audio2Lip: the lips come from "
-                                 "audio, so give --audio2lip (Audio2Lip.pt or a stage-4 run)")
-        path = checkpoint
-    if path is not None:
+            if need_audio2lip:
+                raise InferenceError(f"--checkpoint {checkpoint} holds no Audio2Lip: the lips come from "
+                                     "audio, so give --audio2lip (Audio2Lip.pt or a stage-4 run)")
+            return models
+    try:
         models.audio2lip, models.audio2lip_variables, models.audio2lip_target = initialize.load_audio2lip(
-            path, "--audio2lip" if audio2lip else "--checkpoint")
-        lip_dim = models.audio2lip.lip_dim
-        if lip_dim != gen.lip_dim:
-            raise InferenceError(f"--audio2lip {path}: predicts {lip_dim} lip coefficients, the generator "
-                                 f"of {checkpoint} has {gen.lip_dim}")
+            path, field)
+    except ConfigError:
+        if need_audio2lip or field == "--audio2lip":
+            raise
+        return models  # a run without an Audio2Lip (stages 1-3): none needed
+    if models.audio2lip.lip_dim != gen.lip_dim:
+        raise InferenceError(f"{field} {path}: predicts {models.audio2lip.lip_dim} lip coefficients, the "
+                             f"generator of {checkpoint} has {gen.lip_dim}")
     return models
 
 

@@ -123,7 +123,7 @@ def load_audio2lip(path: str, field: str = "--audio2lip"):
         kind, cfg, variables = model_io.load_any(path)
         if kind != "audio2lip":
             raise ConfigError(f"{field}={path}: holds a {kind}, not an Audio2Lip")
-        return build_model("audio2lip", cfg), variables, "absolute"
+        return build_model("audio2lip", cfg), variables, cfg.get("target", "absolute")  # launch.export params
     src = read_source(path, field)
     if src.params.get("audio2lip") is None:
         raise ConfigError(f"{field}={path}: a checkpoint without an Audio2Lip (train one with "
