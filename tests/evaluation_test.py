@@ -125,16 +125,20 @@ def test_cli_scores_two_videos_and_writes_the_report(tmp_path, capsys):
     out = tmp_path / "reports" / "R.json"
     evaluate_cli.main(["--pred", pred, "--ref", ref, "--out", str(out)])
     report = json.loads(out.read_text())
-    assert set(report) == {"metrics", "skipped", "frames", "inputs", "notes"}
+    assert set(report) == {"metrics", "skipped", "frames", "inputs", "notes", "plots"}
     assert report["frames"] == T
     assert 15 < report["metrics"]["psnr"] < 40 and 0 < report["metrics"]["ssim"] < 1
     assert report["metrics"]["lpips"] > 0
-    # Gradients are not faces: landmark and identity metrics are skipped with a reason.
-    assert set(report["skipped"]) == {"m_lmd", "f_lmd", "identity"}
+    # Gradients are not faces: landmark and identity metrics are skipped with a reason;
+    # the metrics whose weights were not given are skipped, never numbers.
+    assert set(report["skipped"]) == {"m_lmd", "f_lmd", "identity", "emotion_acc", "lse_d", "lse_c", "fid"}
+    assert "--syncnet-weights" in report["skipped"]["lse_d"]
+    assert not {"emotion_acc", "lse_d", "lse_c", "fid"} & set(report["metrics"])
     assert report["metrics"]["lmd_frames_without_face"] == T
     assert report["inputs"]["pred"]["path"] == pred and report["inputs"]["ref"]["frames"] == T
     assert report["inputs"]["trimmed"] is False and report["inputs"]["pred_resized"] is False
-    assert [p.name for p in out.parent.iterdir()] == ["R.json"]  # no temp file left
+    assert sorted(p.name for p in out.parent.iterdir()) == ["R.json", "R.metrics.png"]  # no temp file left
+    assert cv2.imread(report["plots"]["metrics"]).shape[0] == 36 * (1 + 3)  # a header, psnr, ssim, lpips
     assert json.loads(capsys.readouterr().out)["frames"] == T
 
 
@@ -201,3 +205,43 @@ def test_checkpoint_mode_scores_held_out_clips_next_to_copy_the_source(parity_di
     with pytest.raises(SystemExit):
         evaluate_cli.main(["--checkpoint", "x.pt", "--out", str(out)])
     assert "--checkpoint and --shards (checkpoint mode)" in capsys.readouterr().err
+
+
+def test_weights_file_metrics_reach_the_report(monkeypatch, face_frames):
+    """Emotion accuracy, LSE and FID through `evaluate` with their networks given (the
+    networks themselves are tested in emotion_test, lse_test and fid_test): the target
+    emotion defaults to the reference's most frequent class, contempt is skipped, LSE
+    without audio is skipped, FID is the fid module's number."""
+    from edtalk_jax import emotion, fid, lse
+
+    t = len(face_frames)
+    info = type("Info", (), {"num_classes": 7, "class_names": emotion.FER2013_LABELS})()
+    pred_probs = np.eye(7, dtype=np.float32)[[3] * (t - 1) + [6]]  # happy, then neutral
+    ref_probs = np.eye(7, dtype=np.float32)[[3] * t]
+    monkeypatch.setattr(emotion, "predict", lambda x, *a, **k: pred_probs if x is pred else ref_probs)
+    monkeypatch.setattr(lse, "lse", lambda frames, wav, v: {"lse_d": 7.5, "lse_c": 2.0, "offset": 1, "frames": 1})
+    monkeypatch.setattr(fid, "fid", lambda a, b, v, progress=False: 12.5)
+    nets = evaluation.MetricNetworks(emotion=(None, None, info), syncnet={}, inception={})
+    pred = face_frames.copy()
+    report = evaluation.evaluate(pred, face_frames, ("emotion", "lse", "fid"), networks=nets,
+                                 audio=np.zeros(t * 640, np.float32))
+    assert report["metrics"] == pytest.approx({"emotion_acc": (t - 1) / t, "lse_d": 7.5, "lse_c": 2.0,
+                                               "lse_offset": 1, "fid": 12.5})
+    assert report["emotion_label"] == {"label": "happy", "from": "the reference's most frequent class"}
+    assert report["skipped"] == {}
+    given = evaluation.evaluate(pred, face_frames, ("emotion",), networks=nets, emotion="neutral")
+    assert given["metrics"]["emotion_acc"] == pytest.approx(1 / t)
+    contempt = evaluation.evaluate(pred, face_frames, ("emotion",), networks=nets, emotion="contempt")
+    assert "contempt" in contempt["skipped"]["emotion_acc"] and not contempt["metrics"]
+    silent = evaluation.evaluate(pred, face_frames, ("lse",), networks=nets)
+    assert "no audio" in silent["skipped"]["lse_d"]
+
+
+def test_metric_bars_draw_every_metric_and_the_baseline(tmp_path):
+    path = str(tmp_path / "bars.png")
+    evaluation.bars_png({"psnr": 30.0, "ssim": 0.9, "lpips": 0.1}, path, baseline={"psnr": 20.0, "ssim": 0.5})
+    img = cv2.imread(path)
+    assert img.shape == (36 * 4, 640, 3)
+    model = (img[36 + 8, :, 0] == 180).sum()  # psnr: the model's bar, then the baseline's beneath
+    base = (img[36 + 26, :, 0] == 170).sum()
+    assert model > 300 and base == pytest.approx(model * 20 / 30, abs=2)
