@@ -47,6 +47,7 @@ class Entry:
 # ConstantInput (1,C,h,w) -> (1,h,w,C).
 _TO_FLAX = {
     "conv": lambda a: a.transpose(2, 3, 1, 0),
+    "conv3d": lambda a: a.transpose(2, 3, 4, 1, 0),  # (O, I, D, H, W) -> (D, H, W, I, O)
     "modconv": lambda a: a[0].transpose(2, 3, 1, 0),
     "linear": lambda a: a.T,
     "bias4": lambda a: a.reshape(-1),
@@ -55,6 +56,7 @@ _TO_FLAX = {
 }
 _TO_TORCH = {
     "conv": lambda a: a.transpose(3, 2, 0, 1),
+    "conv3d": lambda a: a.transpose(4, 3, 0, 1, 2),
     "modconv": lambda a: a.transpose(3, 2, 0, 1)[None],
     "linear": lambda a: a.T,
     "bias4": lambda a: a.reshape(1, -1, 1, 1),
@@ -331,6 +333,41 @@ def flax_to_torch(kind: str, cfg: Dict[str, Any], variables: Dict[str, Any]) -> 
         else:
             out[e.torch_key] = np.array(_TO_TORCH[e.layout](a), dtype=np.float32, order="C")
     return out
+
+
+def convert_entries(sd: Dict[str, Any], entries: List[Entry], shapes, path: str, what: str,
+                    only: Optional[str] = None, ignore=None) -> Dict[str, Any]:
+    """A third-party state_dict (SyncNets, the FID Inception) checked against `entries` ->
+    float32 Flax variables; every problem (missing, unexpected, mis-shaped or non-float
+    key) in one ConversionError naming the file. `shapes`: the module's variable shapes
+    (jax.eval_shape of its init). BatchNorm's num_batches_tracked may be absent (old torch
+    never saved it). `only`: a key prefix outside which keys are ignored; `ignore(key)`:
+    keys in the file that are never read."""
+    known = {e.torch_key for e in entries}
+    problems = [f"unexpected key {k}" for k in sd
+                if k not in known and (only is None or k.startswith(only)) and not (ignore and ignore(k))]
+    variables: Dict[str, Any] = {}
+    for e in entries:
+        counter = e.torch_key.endswith("num_batches_tracked")
+        if e.torch_key not in sd:
+            if counter:  # never read
+                _set(variables, (e.collection,) + e.path, np.zeros((), np.int32))
+            else:
+                problems.append(f"missing key {e.torch_key}")
+            continue
+        a = np.asarray(sd[e.torch_key])
+        want = _TO_TORCH[e.layout](np.empty(_get(shapes[e.collection], e.path).shape, np.uint8)).shape
+        if a.shape != want:
+            problems.append(f"key {e.torch_key} has shape {a.shape}, expected {want}")
+            continue
+        if not counter and a.dtype.kind != "f" and a.dtype.name != "bfloat16":
+            problems.append(f"key {e.torch_key} has dtype {a.dtype}, expected a floating tensor")
+            continue
+        value = _TO_FLAX[e.layout](a)
+        _set(variables, (e.collection,) + e.path, np.array(value, np.int32 if counter else np.float32, order="C"))
+    if problems:
+        raise ConversionError(f"{path}: {len(problems)} problem(s) loading {what}:\n  " + "\n  ".join(problems))
+    return variables
 
 
 def load_official(path: str, kind: Optional[str] = None):

@@ -243,27 +243,7 @@ def load_fid_inception(path: str) -> Dict[str, Any]:
     shapes = jax.eval_shape(FIDInception(resize_input=False).init, jax.random.PRNGKey(0),
                             jnp.zeros((1, FID_INPUT_SIZE, FID_INPUT_SIZE, 3)))
     convs = {".".join(p) for p in conv_paths()}
-    problems, known, variables = [], set(), {"params": {}, "batch_stats": {}}
-    for fpath in conv_paths():
-        for suffix, col, sub, is_conv in _BASIC_CONV:
-            key = ".".join(fpath) + "." + suffix
-            known.add(key)
-            want = ct._get(shapes[col], fpath + sub).shape
-            want_torch = (want[3], want[2], want[0], want[1]) if is_conv else want
-            if key not in sd:
-                problems.append(f"missing key {key}")
-                continue
-            a = sd[key]
-            if a.shape != want_torch:
-                problems.append(f"key {key} has shape {a.shape}, expected {want_torch}")
-                continue
-            if not np.issubdtype(a.dtype, np.floating) and a.dtype.name != "bfloat16":
-                problems.append(f"key {key} has dtype {a.dtype}, expected a floating tensor")
-                continue
-            value = a.transpose(2, 3, 1, 0) if is_conv else a  # OIHW -> HWIO
-            ct._set(variables, (col,) + fpath + sub, np.array(value, np.float32, order="C"))
-    problems += [f"unexpected key {k}" for k in sd if k not in known and not _ignored(k, convs)]
-    if problems:
-        raise ct.ConversionError(f"{path}: {len(problems)} problem(s) loading the FID Inception "
-                                 f"({FID_WEIGHTS_FILE}):\n  " + "\n  ".join(problems))
-    return variables
+    entries = [ct.Entry(".".join(fpath) + "." + suffix, col, fpath + sub, "conv" if is_conv else "same")
+               for fpath in conv_paths() for suffix, col, sub, is_conv in _BASIC_CONV]
+    return ct.convert_entries(sd, entries, shapes, path, f"the FID Inception ({FID_WEIGHTS_FILE})",
+                              ignore=lambda k: _ignored(k, convs))

@@ -136,32 +136,6 @@ def _wav2lip_state_dict(path: str) -> Dict[str, Any]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
-def _convert(sd, entries, shapes, path: str, what: str, only=None) -> Dict[str, Any]:
-    """Checks `sd` against `entries` (every problem in one error) -> Flax variables.
-    `only`: a key prefix; keys outside it are ignored rather than unexpected."""
-    known = {e.torch_key for e in entries}
-    problems = [f"unexpected key {k}" for k in sd if k not in known and (only is None or k.startswith(only))]
-    variables: Dict[str, Any] = {}
-    for e in entries:
-        counter = e.torch_key.endswith("num_batches_tracked")
-        if e.torch_key not in sd:
-            if counter:  # never read; old torch did not save it
-                ct._set(variables, (e.collection,) + e.path, np.zeros((), np.int32))
-            else:
-                problems.append(f"missing key {e.torch_key}")
-            continue
-        a = np.asarray(sd[e.torch_key])
-        want = ct._TO_TORCH[e.layout](np.empty(ct._get(shapes[e.collection], e.path).shape, np.uint8)).shape
-        if a.shape != want:
-            problems.append(f"key {e.torch_key} has shape {a.shape}, expected {want}")
-            continue
-        value = ct._TO_FLAX[e.layout](a)
-        ct._set(variables, (e.collection,) + e.path, np.array(value, np.int32 if counter else np.float32, order="C"))
-    if problems:
-        raise ct.ConversionError(f"{path}: {len(problems)} problem(s) loading {what}:\n  " + "\n  ".join(problems))
-    return variables
-
-
 def load_syncnet(path: str) -> Dict[str, Any]:
     """A Wav2Lip `lipsync_expert.pth` -> SyncNet variables (float32 numpy trees)."""
     if not path:
@@ -170,7 +144,7 @@ def load_syncnet(path: str) -> Dict[str, Any]:
     entries = _encoder_entries("face_encoder", FACE_ENCODER) + _encoder_entries("audio_encoder", AUDIO_ENCODER)
     shapes = jax.eval_shape(SyncNet().init, jax.random.PRNGKey(0), jnp.zeros((1,) + FACE_SHAPE),
                             jnp.zeros((1,) + MEL_SHAPE))
-    return _convert(_wav2lip_state_dict(path), entries, shapes, path, "a Wav2Lip SyncNet_color")
+    return ct.convert_entries(_wav2lip_state_dict(path), entries, shapes, path, "a Wav2Lip SyncNet_color")
 
 
 def load_wav2lip_audio_encoder(path: str) -> Dict[str, Any]:
@@ -180,5 +154,5 @@ def load_wav2lip_audio_encoder(path: str) -> Dict[str, Any]:
     initialised Audio2Lip's collections; its `mapping` layer stays as initialised."""
     entries = _encoder_entries("audio_encoder", AUDIO_ENCODER)
     shapes = jax.eval_shape(Audio2Lip().init, jax.random.PRNGKey(0), jnp.zeros((1,) + MEL_SHAPE))
-    return _convert(_wav2lip_state_dict(path), entries, shapes, path, "a Wav2Lip audio encoder",
-                    only="audio_encoder.")
+    return ct.convert_entries(_wav2lip_state_dict(path), entries, shapes, path, "a Wav2Lip audio encoder",
+                              only="audio_encoder.")

@@ -194,18 +194,6 @@ def example_inputs(batch: int = 1):
 
 
 # ---------------------------------------------------------------- syncnet_v2.model
-_TO_FLAX = {
-    "conv2d": lambda a: a.transpose(2, 3, 1, 0),  # (O, I, H, W) -> (H, W, I, O)
-    "conv3d": lambda a: a.transpose(2, 3, 4, 1, 0),  # (O, I, D, H, W) -> (D, H, W, I, O)
-    "linear": lambda a: a.T,  # (out, in) -> (in, out)
-    "same": lambda a: a,
-}
-_TO_TORCH = {
-    "conv2d": lambda a: a.transpose(3, 2, 0, 1),
-    "conv3d": lambda a: a.transpose(4, 3, 0, 1, 2),
-    "linear": lambda a: a.T,
-    "same": lambda a: a,
-}
 STREAMS = ("netcnnaud", "netfcaud", "netcnnlip", "netfclip")
 
 
@@ -221,7 +209,7 @@ def syncnet_v2_entries(embed_dim: int = EMBED_DIM) -> List[ct.Entry]:
         for i, (kind, *args) in enumerate(table):
             t, f = f"{stream}.{i}", (stream, str(i))
             if kind in ("conv", "linear"):
-                layout = "linear" if kind == "linear" else f"conv{len(args[1])}d"
+                layout = "linear" if kind == "linear" else ("conv" if len(args[1]) == 2 else "conv3d")
                 out += [ct.Entry(f"{t}.weight", "params", f + ("weight",), layout),
                         ct.Entry(f"{t}.bias", "params", f + ("bias",), "same")]
             elif kind == "bn":
@@ -273,28 +261,4 @@ def load_syncnet_v2(path: str) -> Dict[str, Any]:
     embed_dim = int(fc.shape[0]) if fc is not None and fc.ndim == 2 else EMBED_DIM
     entries = syncnet_v2_entries(embed_dim)
     shapes = variable_shapes(embed_dim)
-    known = {e.torch_key for e in entries}
-    problems = [f"unexpected key {k}" for k in sd if k not in known]
-    variables: Dict[str, Any] = {}
-    for e in entries:
-        counter = e.torch_key.endswith("num_batches_tracked")
-        if e.torch_key not in sd:
-            if counter:
-                ct._set(variables, (e.collection,) + e.path, np.zeros((), np.int32))
-            else:
-                problems.append(f"missing key {e.torch_key}")
-            continue
-        a = np.asarray(sd[e.torch_key])
-        want = _TO_TORCH[e.layout](np.empty(ct._get(shapes[e.collection], e.path).shape, np.uint8)).shape
-        if a.shape != want:
-            problems.append(f"key {e.torch_key} has shape {a.shape}, expected {want}")
-            continue
-        if not counter and a.dtype.kind != "f":
-            problems.append(f"key {e.torch_key} has dtype {a.dtype}, expected a floating tensor")
-            continue
-        value = _TO_FLAX[e.layout](a)
-        ct._set(variables, (e.collection,) + e.path, np.array(value, np.int32 if counter else np.float32, order="C"))
-    if problems:
-        raise ct.ConversionError(f"{path}: {len(problems)} problem(s) loading a syncnet_python SyncNet "
-                                 f"(syncnet_v2.model):\n  " + "\n  ".join(problems))
-    return variables
+    return ct.convert_entries(sd, entries, shapes, path, "a syncnet_python SyncNet (syncnet_v2.model)")
