@@ -55,6 +55,38 @@ def _disentanglement(run_, data_dir: str, stage_dir: str) -> Dict[str, Any]:
     return matrix
 
 
+def demo_video(workdir: str, data_dir: str, checkpoint: str, progress: bool = True) -> Dict[str, Any]:
+    """A talking head from the trained model, by `launch.infer`'s code: the first held-out
+    clip's first frame spoken by its own audio (Audio2Lip) with its head motion (the clip
+    as the pose video), to WORKDIR/demo/talking.mp4, next to the clip itself
+    (reference.mp4) and the inputs; the command that renders it is in the result."""
+    import cv2
+
+    from data_pipeline import audio as audio_lib
+    from data_pipeline import shards, video_io
+    from edtalk_jax import infer
+
+    out = os.path.join(workdir, "demo")
+    os.makedirs(out, exist_ok=True)
+    clip = shards.open_clips(data_dir, "test").clip(0)
+    paths = {k: os.path.join(out, f) for k, f in (("source", "source.png"), ("audio", "speech.wav"),
+                                                  ("pose", "pose.mp4"), ("reference", "reference.mp4"),
+                                                  ("out", "talking.mp4"))}
+    cv2.imwrite(paths["source"], clip["frames"][0][..., ::-1])
+    wav = audio_lib.int16_to_wav(clip["audio"])
+    video_io.write_video(paths["pose"], clip["frames"])
+    video_io.write_video(paths["reference"], clip["frames"], audio=wav)
+    import soundfile
+    soundfile.write(paths["audio"], clip["audio"], audio_lib.SAMPLE_RATE)
+    models = infer.load_models(checkpoint, need_audio2lip=True)
+    inputs = infer.Inputs(paths["source"], audio=paths["audio"], pose_video=paths["pose"])
+    summary = infer.run(models, inputs, paths["out"], infer.Options(crop="none", progress=progress))
+    summary["command"] = (f"python -m launch.infer --checkpoint {checkpoint} --source {paths['source']} "
+                          f"--audio {paths['audio']} --pose-video {paths['pose']} --crop none --out {paths['out']}")
+    summary["reference"] = paths["reference"]
+    return summary
+
+
 def enable_compilation_cache(directory: str) -> None:
     """JAX's persistent compilation cache: stages with the same model and a resumed
     curriculum reuse compiled programs instead of compiling again (minutes on a CPU).
@@ -106,6 +138,10 @@ def run(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
         previous = stage_dir
         if progress:
             print(f"{name}: {json.dumps(report['stages'][name])}")
+    if "stage4" in config.curriculum and "demo_video" not in report:
+        report["demo_video"] = demo_video(workdir, data_dir, os.path.join(workdir, "stage4"), progress)
+        if progress:
+            print(f"demo video: {report['demo_video']['out']} (the clip itself: {report['demo_video']['reference']})")
     report["all_beat_baselines"] = all(s.get("beats_baseline") for s in report["stages"].values())
     with open(report_path, "w") as f:
         json.dump(report, f, indent=1)

@@ -587,6 +587,12 @@ def test_demo_curriculum_runs_every_stage_and_writes_the_report(tmp_path):
         assert all(v is None or 0 <= v <= 1 for row in matrix.values() for v in row.values()), matrix
     assert matrix["pose"]["exp"] is not None and "disentanglement" not in report["stages"]["stage4"]
     assert report["all_beat_baselines"] == all(r["beats_baseline"] for r in report["stages"].values())
+    # The demo video: the held-out clip's first frame spoken by its audio, as long as the clip.
+    from data_pipeline import video_io
+    video = report["demo_video"]
+    assert video["mode"] == "lip-pose-A" and video["frames"] == 12 and video["audio"]
+    assert len(video_io.read_frames(video["out"])) == 12 and video_io.probe(video["out"]).has_audio
+    assert video["command"].startswith("python -m launch.infer --checkpoint ")
     with open(tmp_path / "stage3" / "config.json") as f:  # each stage starts from the previous one
         assert json.load(f)["init_from"] == str(tmp_path / "stage2")
     with count_compiles() as compiles:
