@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     from edtalk_jax import infer
     from edtalk_jax.run_config import ConfigError
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m launch.infer", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n")[1:]))
     parser.add_argument("--checkpoint", required=True, help="generator: EDTalk.pt, EDTalk_lip_pose.pt, "
