@@ -2,8 +2,8 @@
 
 Pipeline (grain's MapDataset API, chosen because every step is index-addressed):
 
-    MapDataset.range(clips of this process)  .shuffle(seed)  .repeat(num_epochs)
-      .map_with_index(-> (epoch, clip))  .map(stages.Sampler)  .batch(B, _Collate)
+    MapDataset.range(clips per process)  .repeat(num_epochs)
+      .map_with_index(EpochOrder: -> (epoch, clip))  .map(stages.Sampler)  .batch(B, _Collate)
       .to_iter_dataset(ReadOptions)  .mp_prefetch(workers)  -> LoaderIterator
 
 Batches are formed inside the MapDataset, before `mp_prefetch` slices the work among
@@ -19,10 +19,16 @@ comes at which position); `set_state` refuses a state of another data
 configuration instead of silently continuing somewhere else. worker_count, prefetch,
 read_threads and tune_malloc change only speed, so they are not part of it.
 
-Multi-host: process p of n takes every n-th usable clip from p (the same count per
-process, so every process yields the same number of batches); the global batch is the
-process batches concatenated (`to_global_arrays`). Partner clips (stage 1 source/target,
-stage 2 clip B) may come from any process's share.
+Epochs and multi-host (`EpochOrder`): each epoch orders all usable clips afresh, a
+permutation drawn from `default_rng([seed, epoch])` (the epoch folded into the seed, so
+epoch e of seed s shares nothing with epoch e-1 of seed s+1), and deals them to the n
+processes in turn: process p takes positions p, p+n, ... (the same count per process, so
+every process yields the same number of batches). The len % n clips left over differ
+from epoch to epoch, so no clip is excluded for good, and a process sees other clips in
+every epoch. Unshuffled, the order is the clips' own, rotated by one epoch's worth each
+epoch. The global batch is the process batches concatenated (`to_global_arrays`).
+Partner clips (stage 1 source/target, stage 2 clip B) and replacements for skipped clips
+may come from any usable clip.
 
 Batch keys (numpy, leading per-process batch dim B; images NHWC float32 in [-1, 1], or
 uint8 with `dtype="uint8"`), plus `index` (B,) int32 global clip index:
@@ -226,10 +232,39 @@ def _data_sha256(cfg: LoaderConfig) -> str | None:
     return digest
 
 
-def fingerprint(cfg: LoaderConfig, own: np.ndarray, index: int, count: int) -> dict[str, Any]:
-    """What a position of this loader means: the data, this process's clips and every setting
-    that decides which batch comes at which position. Stage-specific settings enter only for
-    their stage (T, targets, mouth_margin: 4; exclude_neutral: 3)."""
+class EpochOrder:
+    """(position k in the repeated stream, _) -> (epoch, store index of the clip): the
+    module docstring's per-epoch order, computed once per epoch (picklable for workers)."""
+
+    VERSION = 2  # 1: one shuffle for every epoch of a fixed per-process share
+
+    def __init__(self, usable: np.ndarray, seed: int, shuffle: bool, index: int, count: int):
+        self.usable = np.asarray(usable, np.int64)
+        self.seed, self.shuffle, self.index, self.count = seed, shuffle, index, count
+        self.per_process = len(self.usable) // count
+        self._epoch, self._clips = None, None
+
+    def clips(self, epoch: int) -> np.ndarray:
+        """This process's clips of `epoch`, in order."""
+        n = len(self.usable)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        else:
+            order = np.roll(np.arange(n), -(epoch * self.per_process * self.count) % n)
+        return self.usable[order[self.index::self.count][:self.per_process]]
+
+    def __call__(self, k: int, _) -> tuple[int, int]:
+        epoch, pos = divmod(int(k), self.per_process)
+        if epoch != self._epoch:
+            self._epoch, self._clips = epoch, self.clips(epoch)
+        return epoch, int(self._clips[pos])
+
+
+def fingerprint(cfg: LoaderConfig, usable: np.ndarray, index: int, count: int) -> dict[str, Any]:
+    """What a position of this loader means: the data, the usable clips, this process's place
+    among the processes, the ordering rule and every setting that decides which batch comes
+    at which position. Stage-specific settings enter only for their stage (T, targets,
+    mouth_margin: 4; exclude_neutral: 3)."""
     fields = ["stage", "split", "batch_size", "image_size", "seed", "shuffle", "num_epochs",
               "drop_remainder", "dtype", "datasets"]
     if cfg.stage == 3:
@@ -238,8 +273,8 @@ def fingerprint(cfg: LoaderConfig, own: np.ndarray, index: int, count: int) -> d
         fields += ["T", "targets", "mouth_margin"]
     fp = {k: getattr(cfg, k) for k in fields}
     fp["datasets"] = None if cfg.datasets is None else sorted(cfg.datasets)
-    fp.update(data=_data_sha256(cfg), shard_index=index, shard_count=count,
-              clips=hashlib.sha256(np.asarray(own, "<i8").tobytes()).hexdigest())
+    fp.update(data=_data_sha256(cfg), shard_index=index, shard_count=count, order=EpochOrder.VERSION,
+              clips=hashlib.sha256(np.asarray(usable, "<i8").tobytes()).hexdigest())
     return fp
 
 
@@ -269,17 +304,13 @@ def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
     per_process = len(usable) // count
     if per_process == 0:
         raise LoaderError(f"{where}: {len(usable)} usable clips for {count} processes")
-    own = usable[index::count][:per_process]
-    sampler = stages.Sampler(store, cfg, usable, own, target_store)
+    sampler = stages.Sampler(store, cfg, usable, target_store)
     if cfg.stage == 2 and len(sampler.speaker_keys) < 2:
         raise LoaderError(f"{where}: stage 2 needs clips of two speakers at least, found "
                           f"{sampler.speaker_keys}")
 
-    ds = grain.MapDataset.range(per_process)
-    if cfg.shuffle:
-        ds = ds.shuffle(cfg.seed)
-    ds = ds.repeat(cfg.num_epochs)
-    ds = ds.map_with_index(lambda k, pos: (k // per_process, int(own[pos % per_process])))
+    ds = grain.MapDataset.range(per_process).repeat(cfg.num_epochs)
+    ds = ds.map_with_index(EpochOrder(usable, cfg.seed, cfg.shuffle, index, count))
     ds = ds.map(sampler)
     keys = stages.IMAGE_KEYS[cfg.stage]
     convert = cfg.dtype == "float32"
@@ -302,7 +333,7 @@ def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
     return LoaderIterator(iter(it_ds), num_clips=per_process, batches_per_epoch=per_epoch,
                           excluded=excluded,
                           convert_keys=keys if convert and cfg.worker_count > 0 else (),
-                          fingerprint=fingerprint(cfg, own, index, count))
+                          fingerprint=fingerprint(cfg, usable, index, count))
 
 
 def _mark_absl_flags_parsed() -> None:

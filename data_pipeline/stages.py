@@ -5,7 +5,7 @@ A sampler maps (epoch, clip) to a dict of numpy arrays, images uint8 (H, W, 3) a
 configured size. Its randomness is `np.random.default_rng([seed, stage, epoch, global
 clip index])`, so a sample does not depend on worker count or iteration order. A clip
 that cannot be used (unreadable record, undecodable frame, missing targets) is a counted
-skip: the sampler records the reason and draws a replacement clip from its own shard
+skip: the sampler records the reason and draws a replacement clip (any usable one)
 with the same generator, so batches keep their size and stay deterministic.
 """
 
@@ -67,14 +67,14 @@ def _skip_kind(error: Exception) -> str:
 class Sampler:
     """Draws one stage's samples from a ClipStore (see the module docstring).
 
-    `usable` are the store indices the stage may use (partners come from all of them);
-    replacements for skipped clips come from `own` (this process's shard)."""
+    `usable` are the store indices the stage may use: partners and replacements for
+    skipped clips come from all of them."""
 
-    def __init__(self, store, cfg, usable: np.ndarray, own: np.ndarray, target_store=None):
+    def __init__(self, store, cfg, usable: np.ndarray, target_store=None):
         self.store = store
         self.stage, self.seed, self.size, self.t = cfg.stage, cfg.seed, cfg.image_size, cfg.T
         self.mouth_margin = cfg.mouth_margin
-        self.own = np.asarray(own, np.int64)
+        self.usable = np.asarray(usable, np.int64)
         self.targets = target_store
         speakers: dict[tuple[str, str], list[int]] = {}
         for i in usable:
@@ -100,7 +100,7 @@ class Sampler:
                 sample = self._draw(i, rng)
             except (shards.ShardError, ValueError, cv2.error) as e:
                 skips.append((_skip_kind(e), f"sample of clip {self.store.global_index(i)}: {e}"))
-                i = int(self.own[rng.integers(len(self.own))])
+                i = int(self.usable[rng.integers(len(self.usable))])
                 continue
             sample["index"] = np.int32(self.store.global_index(i))
             sample["skips"] = skips
