@@ -11,13 +11,16 @@ worker processes, so batch k holds the same samples whatever the worker count; e
 sample's randomness depends only on (seed, stage, epoch, clip) (data_pipeline.stages).
 With workers, images cross processes as uint8 (4x less shared memory) and the
 LoaderIterator converts them to float32; the values are the same either way.
+Nothing here changes the caller's process-wide settings (OpenCV threads, glibc malloc):
+worker processes tune themselves (`_init_worker`).
 The iterator state (grain's, plus the skip counters) is a small JSON dict: checkpoint it
 with orbax through `grain.checkpoint.CheckpointSave(iterator)` /
 `CheckpointRestore(iterator)`. It carries a `fingerprint` of what the position means (the
 data's manifest hash, the clips of this process, and the settings that decide which batch
 comes at which position); `set_state` refuses a state of another data
 configuration instead of silently continuing somewhere else. worker_count, prefetch,
-read_threads and tune_malloc change only speed, so they are not part of it.
+read_threads, tune_malloc and max_skip_fraction change only speed or when to stop, so
+they are not part of it.
 
 Epochs and multi-host (`EpochOrder`): each epoch orders all usable clips afresh, a
 permutation drawn from `default_rng([seed, epoch])` (the epoch folded into the seed, so
@@ -83,11 +86,15 @@ class LoaderConfig:
     datasets: tuple[str, ...] | None = None  # only clips of these meta "dataset" values
     shard_index: int | None = None  # default jax.process_index()
     shard_count: int | None = None  # default jax.process_count()
-    tune_malloc: bool = True  # glibc memory reuse where batches are made (_tune_malloc)
+    tune_malloc: bool = True  # glibc memory reuse in worker processes (_tune_malloc)
+    max_skip_fraction: float = 0.01  # stop when skips > SKIP_ALLOWANCE + this * clips drawn
 
 
 class LoaderError(ValueError):
     """A configuration or dataset the loader cannot serve; names the shards dir."""
+
+
+SKIP_ALLOWANCE = 16  # skips always tolerated, whatever the rate (the first batches)
 
 
 def to_float(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -136,9 +143,10 @@ def _tune_malloc() -> None:
         pass
 
 
-def _init_loading_process(malloc: bool, *worker_index_and_count: int) -> None:
-    """In each process that draws samples: one OpenCV thread (processes are the
-    parallelism) and, with `malloc`, `_tune_malloc`."""
+def _init_worker(malloc: bool, *worker_index_and_count: int) -> None:
+    """In each grain worker process (never in the caller's process, whose settings are its
+    own): one OpenCV thread (processes are the parallelism) and, with `malloc`,
+    `_tune_malloc`."""
     import cv2
 
     del worker_index_and_count  # grain passes (worker index, worker count)
@@ -149,11 +157,14 @@ def _init_loading_process(malloc: bool, *worker_index_and_count: int) -> None:
 
 class LoaderIterator(grain.DatasetIterator):
     """The batches of one stage. `stats` counts batches, samples and skips (by kind, with
-    the latest messages); `excluded` counts clips left out up front, by reason."""
+    the first and the latest messages); `excluded` counts clips left out up front, by
+    reason. When the skips pass SKIP_ALLOWANCE + max_skip_fraction * clips drawn (samples
+    + skips), `next` raises LoaderError with the counts and the first reasons."""
 
     def __init__(self, inner: grain.DatasetIterator, *, num_clips: int, batches_per_epoch: int,
                  excluded: Mapping[str, int], convert_keys: tuple[str, ...] = (),
-                 fingerprint: Mapping[str, Any] | None = None):
+                 fingerprint: Mapping[str, Any] | None = None, max_skip_fraction: float = 0.01,
+                 where: str = ""):
         super().__init__(inner)
         # JSON-normalised (tuples -> lists) so it compares equal to a state read back from disk.
         self.fingerprint = json.loads(json.dumps(dict(fingerprint or {})))
@@ -161,7 +172,9 @@ class LoaderIterator(grain.DatasetIterator):
         self.num_clips = num_clips
         self.batches_per_epoch = batches_per_epoch
         self.excluded = dict(excluded)
-        self.stats: dict[str, Any] = {"batches": 0, "samples": 0, "skipped": {}, "recent_skips": []}
+        self.max_skip_fraction, self.where = max_skip_fraction, where
+        self.stats: dict[str, Any] = {"batches": 0, "samples": 0, "skipped": {}, "first_skips": [],
+                                      "recent_skips": []}
 
     def __next__(self) -> dict:
         batch = next(self._parent)
@@ -173,7 +186,18 @@ class LoaderIterator(grain.DatasetIterator):
         for kind, message in skips:
             self.stats["skipped"][kind] = self.stats["skipped"].get(kind, 0) + 1
             log.warning("skipped (%s): %s", kind, message)
-        self.stats["recent_skips"] = (self.stats["recent_skips"] + [m for _, m in skips])[-20:]
+        messages = [m for _, m in skips]
+        self.stats["recent_skips"] = (self.stats["recent_skips"] + messages)[-20:]
+        self.stats.setdefault("first_skips", [])
+        self.stats["first_skips"] = (self.stats["first_skips"] + messages)[:5]
+        skipped = sum(self.stats["skipped"].values())
+        drawn = self.stats["samples"] + skipped
+        if skipped > SKIP_ALLOWANCE + self.max_skip_fraction * drawn:
+            raise LoaderError(
+                f"{self.where}: {skipped} of {drawn} clips drawn were skipped "
+                f"({self.stats['skipped']}), above the limit of {SKIP_ALLOWANCE} + "
+                f"{self.max_skip_fraction:g} x clips drawn (LoaderConfig.max_skip_fraction); "
+                f"the first reasons: {self.stats['first_skips']}")
         return batch
 
     def get_state(self) -> dict:
@@ -323,17 +347,14 @@ def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
         it_ds = it_ds.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=cfg.worker_count,
                                          per_worker_buffer_size=cfg.prefetch),
-            worker_init_fn=functools.partial(_init_loading_process, cfg.tune_malloc))
-        if convert and cfg.tune_malloc:
-            _tune_malloc()  # the float batches are allocated here
-    else:
-        _init_loading_process(cfg.tune_malloc)
+            worker_init_fn=functools.partial(_init_worker, cfg.tune_malloc))
     per_epoch = (per_process // cfg.batch_size if cfg.drop_remainder
                  else -(-per_process // cfg.batch_size))
     return LoaderIterator(iter(it_ds), num_clips=per_process, batches_per_epoch=per_epoch,
                           excluded=excluded,
                           convert_keys=keys if convert and cfg.worker_count > 0 else (),
-                          fingerprint=fingerprint(cfg, usable, index, count))
+                          fingerprint=fingerprint(cfg, usable, index, count),
+                          max_skip_fraction=cfg.max_skip_fraction, where=where)
 
 
 def _mark_absl_flags_parsed() -> None:

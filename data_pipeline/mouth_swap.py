@@ -39,7 +39,7 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     s, d = src - mu_s, dst - mu_d
     var_s = (s ** 2).sum() / len(src)
     if var_s <= 0:
-        raise ValueError("similarity_transform: the source points coincide")
+        raise schema.DataError("similarity_transform: the source points coincide")
     u, sig, vt = np.linalg.svd(d.T @ s / len(src))
     sign = np.ones(2)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
@@ -78,7 +78,7 @@ def swap_mouth(src_img: np.ndarray, src_lmk: np.ndarray, dst_img: np.ndarray,
     Images are (H, W, 3) of one dtype (uint8 in the loaders), landmarks (68, 2) (x, y)
     in pixels of their image. src is warped at dst's frame size."""
     if not (np.isfinite(src_lmk).all() and np.isfinite(dst_lmk).all()):
-        raise ValueError("swap_mouth: landmarks are not finite")
+        raise schema.DataError("swap_mouth: landmarks are not finite")
     if src_img.shape[2:] != dst_img.shape[2:] or src_img.dtype != dst_img.dtype:
         raise ValueError(f"swap_mouth: src {src_img.dtype} {src_img.shape} and dst "
                          f"{dst_img.dtype} {dst_img.shape} differ in channels or dtype")

@@ -25,6 +25,12 @@ import numpy as np
 FPS = 25
 SAMPLE_RATE = 16000
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
+# JPEG quality of every writer's frames (preprocessing, synthesis, TFDS). Measured on 256²
+# face crops of the sample media (docs/benchmarks.md, `python -m launch.benchmark_preprocess
+# jpeg`): 90 gives 43.2 dB PSNR (mouth 42.2 dB) at 12.2 KB a frame; past it each extra KB
+# buys less than half the PSNR it buys below 85 (95: +1.8 dB for +4.7 KB). The official
+# LMDB used PIL's default 75 (39.8 dB, mouth 38.9 dB, 7.8 KB).
+JPEG_QUALITY = 90
 MEL_BINS = 80
 MEL_STEPS = 16
 NUM_LANDMARKS = 68
@@ -55,7 +61,12 @@ META_FIELDS: Mapping[str, type] = {
 CLIP_KEYS = ("frames", "mel_windows", "landmarks", "landmark_valid", "audio", "factors", "meta")
 
 
-class ClipError(ValueError):
+class DataError(ValueError):
+    """Bad data (a record, a frame, a stored target), as opposed to a bug: the only errors
+    that loaders turn into counted skips (data_pipeline.stages)."""
+
+
+class ClipError(DataError):
     """A clip that does not follow the schema."""
 
 

@@ -1,27 +1,37 @@
 """Clip shards: the record encoding, ArrayRecord shard files, the manifest, the splits
-and `ClipStore`, the random-access reader the grain loaders use.
+and the random-access readers (`ClipSource`: `ClipStore` here, `TfdsClips` for TFDS
+builds) that the grain loaders use.
 
-Record (format version 1): one msgpack map per clip, keys in this order
-  "version": 1
-  "meta":    the clip's meta dict (schema.META_FIELDS)
-  "arrays":  {name: [dtype string (numpy `dtype.str`, e.g. "<f4"), shape, raw bytes]}
-             for mel_windows, landmarks, landmark_valid, audio, factors
-  "frames":  [JPEG bytes, ...]
-No pickle: a shard from elsewhere can only yield these types. Meta comes first so
-`read_meta` parses it without touching the frames.
+Records (format version 2): a clip is T + 1 consecutive records, so that a sample reads
+only the frames it uses (a stage-2 sample: 4 frame records, not 2 whole clips).
+  header  {"version": 2, "kind": "clip", "meta": the clip's meta dict (schema.META_FIELDS)}
+  frame t {"version": 2, "kind": "frame", "t": t, "jpeg": JPEG bytes,
+           "mel": float32 (80, 16), "landmarks": float32 (68, 2), "valid": bool,
+           "audio": int16 (640,), "factors": float32 (F,)}   (arrays: raw little-endian
+           bytes; their shapes follow from the schema and the meta's factor_names)
+No pickle: a shard from elsewhere can only yield these types. A frame record names its
+clip position `t`, so a manifest that disagrees with its files is caught at the read.
 
 Shard: an ArrayRecord file `*.array_record` (group_size 1, uncompressed: JPEG does not
-compress and random reads stay cheap), one record per clip. `ShardWriter` writes
-`<path>.tmp` and renames it when closed without error, so an existing shard is complete.
-Beside it, `<path>.meta.json` = {"num_records": n, "metas": [meta, ...]} lets
-`write_manifest` skip reading the records (it reads them when the sidecar is missing or
-its record count or file size disagrees with the shard).
+compress and random reads stay cheap), each clip's header followed by its frames.
+`ShardWriter` writes `<path>.tmp` and renames it when closed without error, so an
+existing shard is complete. Beside it, `<path>.meta.json` = {"num_records", "file_size",
+"clips": [{"record": header position, "invalid_landmarks": [t, ...], **meta}, ...]}
+lets `write_manifest` skip reading the shard (it reads the header records when the
+sidecar is missing or disagrees with the file).
 
 Manifest `<shards_dir>/manifest.json`:
-  {"format": "edtalk-clip-shards", "version": 1, "num_clips": N,
+  {"format": "edtalk-clip-shards", "version": 2, "num_clips": N,
    "shards": [{"path": relative posix path, "num_records": n}, ...],   (sorted by path)
-   "clips":  [{"shard": shard index, "record": position, **meta}, ...]}
+   "clips":  [{"shard": shard index, "record": header position,
+               "invalid_landmarks": [frame indices whose landmarks were interpolated],
+               **meta}, ...]}
 The global clip index is the position in "clips": shards in sorted order, then records.
+Frame t of a clip is record `record + 1 + t` of its shard. Metadata (meta fields and the
+landmark validity) comes from the manifest alone: no record is read for it.
+
+Version-1 shard directories (one record per clip) are refused with the command that
+converts them: `python -m launch.upgrade_shards OLD --out NEW`.
 
 Splits `<shards_dir>/splits/{train,test}.json`: JSON lists of clip keys
 "<dataset>/<clip_id>" (stable when shards are added, unlike global indices); see
@@ -46,23 +56,26 @@ from array_record.python import array_record_module
 
 from data_pipeline import schema
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SHARD_SUFFIX = ".array_record"
 MANIFEST = "manifest.json"
 SPLITS_DIR = "splits"
 WRITER_OPTIONS = "group_size:1,uncompressed"
 MEAD_TEST_SPEAKERS = ("M003", "M030", "W009", "W015")  # official EDTalk/MEAD test actors
-_ARRAYS = ("mel_windows", "landmarks", "landmark_valid", "audio", "factors")
 _INDEX_CMD = "python -m data_pipeline.shards {dir}"
 
 
-class ShardError(ValueError):
+class ShardError(schema.DataError):
     """A shard or record that cannot be read; the message names the file and record."""
+
+
+class FrameError(ShardError):
+    """A frame whose JPEG bytes do not decode."""
 
 
 # --- JPEG -------------------------------------------------------------------------------
 
-def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+def encode_jpeg(rgb: np.ndarray, quality: int = schema.JPEG_QUALITY) -> bytes:
     """uint8 (H, W, 3) RGB -> JPEG bytes (OpenCV/libjpeg-turbo, 4:2:0)."""
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"encode_jpeg needs uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
@@ -74,10 +87,10 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> uint8 (H, W, 3) RGB. Raises ValueError when the bytes are not a JPEG."""
+    """JPEG bytes -> uint8 (H, W, 3) RGB. Raises FrameError when the bytes are not a JPEG."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"not a decodable JPEG ({len(data)} bytes)")
+        raise FrameError(f"not a decodable JPEG ({len(data)} bytes)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -89,102 +102,142 @@ def decode_jpegs(jpegs: Sequence[bytes], indices: Iterable[int] | None = None) -
 
 # --- records ----------------------------------------------------------------------------
 
-def encode_clip(clip: Mapping[str, Any], where: str = "clip") -> bytes:
-    """A schema-valid clip -> record bytes (raises schema.ClipError naming `where`)."""
-    schema.validate_clip(clip, where)
-    arrays = {}
-    for name in _ARRAYS:
-        a = np.ascontiguousarray(clip[name])
-        arrays[name] = [a.dtype.str, list(a.shape), a.tobytes()]
-    record = {"version": FORMAT_VERSION, "meta": dict(clip["meta"]), "arrays": arrays,
-              "frames": [bytes(f) for f in clip["frames"]]}
-    return msgpack.packb(record, use_bin_type=True)
+UPGRADE_CMD = "python -m launch.upgrade_shards {src} --out NEW_DIR"
+_FRAME_ARRAYS = (  # frame-record key, clip key, dtype, per-frame shape (factors: (F,))
+    ("mel", "mel_windows", "<f4", (schema.MEL_BINS, schema.MEL_STEPS)),
+    ("landmarks", "landmarks", "<f4", (schema.NUM_LANDMARKS, 2)),
+    ("audio", "audio", "<i2", (schema.SAMPLES_PER_FRAME,)),
+    ("factors", "factors", "<f4", None),
+)
+_FRAME_KEYS = {"version", "kind", "t", "jpeg", "valid", *(k for k, *_ in _FRAME_ARRAYS)}
 
 
-def _unpacker(data: bytes) -> msgpack.Unpacker:
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(len(data), 1))
-    unpacker.feed(data)
-    return unpacker
+def encode_clip(clip: Mapping[str, Any], where: str = "clip") -> list[bytes]:
+    """A schema-valid clip -> its T + 1 records: the header, then one per frame (raises
+    schema.ClipError naming `where`)."""
+    t = schema.validate_clip(clip, where).num_frames
+    valid = np.asarray(clip["landmark_valid"], bool)
+    header = {"version": FORMAT_VERSION, "kind": "clip", "meta": dict(clip["meta"]),
+              "invalid_landmarks": np.flatnonzero(~valid).tolist()}
+    per_frame = {key: np.ascontiguousarray(clip[name], dtype).reshape(t, -1)
+                 for key, name, dtype, _ in _FRAME_ARRAYS}
+    records = [msgpack.packb(header, use_bin_type=True)]
+    for k in range(t):
+        frame = {"version": FORMAT_VERSION, "kind": "frame", "t": k, "jpeg": bytes(clip["frames"][k]),
+                 "valid": bool(valid[k]), **{key: a[k].tobytes() for key, a in per_frame.items()}}
+        records.append(msgpack.packb(frame, use_bin_type=True))
+    return records
 
 
-def read_meta(data: bytes, *, where: str = "record") -> dict:
-    """The meta dict of a record, without parsing its arrays or frames."""
+def _unpack(data: bytes, where: str) -> dict:
     try:
-        unpacker = _unpacker(data)
-        for _ in range(unpacker.read_map_header()):
-            key = unpacker.unpack()
-            if key == "version":
-                _check_version(unpacker.unpack(), where)
-            elif key == "meta":
-                meta = unpacker.unpack()
-                if not isinstance(meta, dict) or set(meta) != set(schema.META_FIELDS):
-                    raise ShardError(f"{where}: meta is not a complete meta dict")
-                return meta
-            else:
-                unpacker.skip()
-    except ShardError:
-        raise
+        record = msgpack.unpackb(data, raw=False)
     except Exception as e:  # msgpack raises several unrelated types on bad bytes.
         raise ShardError(f"{where}: corrupt record ({type(e).__name__}: {e})") from e
-    raise ShardError(f"{where}: record has no meta")
-
-
-def _check_version(version: Any, where: str) -> None:
+    if not isinstance(record, dict):
+        raise ShardError(f"{where}: not a clip record")
+    version = record.get("version")
+    if version == 1:
+        raise ShardError(f"{where}: a format-version-1 record (one record per clip); convert "
+                         f"the shard directory with `{UPGRADE_CMD.format(src='OLD_DIR')}`")
     if version != FORMAT_VERSION:
         raise ShardError(f"{where}: record format version {version!r}, this reader "
                          f"understands {FORMAT_VERSION}")
+    return record
 
 
-def decode_clip(data: bytes, *, decode_frames: bool = True, where: str = "record") -> dict:
-    """Record bytes -> clip dict. frames: uint8 (T, H, W, 3) RGB, or with
-    `decode_frames=False` the list of JPEG bytes. Raises ShardError naming `where`."""
-    try:
-        record = msgpack.unpackb(data, raw=False)
-    except Exception as e:
-        raise ShardError(f"{where}: corrupt record ({type(e).__name__}: {e})") from e
-    if not isinstance(record, dict) or set(record) != {"version", "meta", "arrays", "frames"}:
-        raise ShardError(f"{where}: not a clip record")
-    _check_version(record["version"], where)
-    clip = {"frames": record["frames"], "meta": record["meta"]}
-    arrays = record["arrays"]
-    if not (isinstance(arrays, dict) and set(arrays) == set(_ARRAYS)
-            and isinstance(clip["meta"], dict) and isinstance(clip["frames"], list)):
-        raise ShardError(f"{where}: malformed record (meta, arrays {list(_ARRAYS)}, frames)")
-    for name in _ARRAYS:
-        clip[name] = _array(arrays[name], f"{where}: {name}")
-    try:
-        size = schema.validate_clip(clip, where).size
-    except schema.ClipError as e:
-        raise ShardError(str(e)) from e
-    if decode_frames:
-        frames = []
-        for i, jpeg in enumerate(clip["frames"]):
+def read_header(data: bytes, *, where: str = "record") -> tuple[dict, list[int]]:
+    """(meta, frame indices whose landmarks were interpolated) of a clip's header record."""
+    record = _unpack(data, where)
+    meta, invalid = record.get("meta"), record.get("invalid_landmarks")
+    if (record.get("kind") != "clip" or set(record) != {"version", "kind", "meta", "invalid_landmarks"}
+            or not isinstance(meta, dict) or set(meta) != set(schema.META_FIELDS)
+            or not isinstance(invalid, list)):
+        raise ShardError(f"{where}: not a clip header record (kind 'clip', a complete meta)")
+    t = meta["num_frames"]
+    if not (isinstance(t, int) and t > 0 and all(isinstance(k, int) and 0 <= k < t for k in invalid)):
+        raise ShardError(f"{where}: num_frames {t!r} or invalid_landmarks out of range")
+    return meta, invalid
+
+
+def read_meta(data: bytes, *, where: str = "record") -> dict:
+    """The meta dict of a clip's header record."""
+    return read_header(data, where=where)[0]
+
+
+def num_factors(meta: Mapping[str, Any]) -> int:
+    return len([n for n in meta["factor_names"].split(",") if n])
+
+
+def decode_frame_records(records: Sequence[bytes], meta: Mapping[str, Any],
+                         positions: Sequence[int], *, decode: bool = True,
+                         where: Sequence[str] | None = None) -> dict:
+    """Frame records (frames `positions` of the clip `meta` describes) -> {"frames": uint8
+    (n, H, W, 3) RGB (or the list of JPEG bytes with `decode=False`), "mel_windows"
+    (n, 80, 16), "landmarks" (n, 68, 2), "landmark_valid" (n,), "audio" (n, 640) int16,
+    "factors" (n, F)}. `where` names each record in errors (ShardError)."""
+    n, f = len(records), num_factors(meta)
+    where = [f"frame {p}" for p in positions] if where is None else where
+    out = {name: np.empty((n, *(shape or (f,))), dtype) for _, name, dtype, shape in _FRAME_ARRAYS}
+    out["landmark_valid"] = np.empty(n, bool)
+    jpegs = []
+    for j, (data, position) in enumerate(zip(records, positions)):
+        record = _unpack(data, where[j])
+        if record.get("kind") != "frame" or set(record) != _FRAME_KEYS:
+            raise ShardError(f"{where[j]}: not a frame record")
+        if record["t"] != position:
+            raise ShardError(f"{where[j]}: holds frame {record['t']!r} of its clip where the index "
+                             f"expects frame {position} of {meta['dataset']}/{meta['clip_id']}; the "
+                             "manifest disagrees with the shard: rebuild it with "
+                             "`python -m data_pipeline.shards DIR`")
+        for key, name, _, _ in _FRAME_ARRAYS:
+            raw, target = record[key], out[name][j]
+            if not isinstance(raw, bytes) or len(raw) != target.nbytes:
+                raise ShardError(f"{where[j]}: {key} has {len(raw) if isinstance(raw, bytes) else '?'}"
+                                 f" bytes, expected {target.nbytes} ({target.dtype} {target.shape})")
+            target[...] = np.frombuffer(raw, target.dtype).reshape(target.shape)
+        jpeg = record["jpeg"]
+        if not isinstance(jpeg, bytes) or jpeg[:2] != b"\xff\xd8" or not isinstance(record["valid"], bool):
+            raise ShardError(f"{where[j]}: frame is not JPEG bytes or valid is not a bool")
+        out["landmark_valid"][j] = record["valid"]
+        jpegs.append(jpeg)
+    if decode:
+        size = meta["size"]
+        frames = np.empty((n, size, size, 3), np.uint8)
+        for j, jpeg in enumerate(jpegs):
             try:
                 frame = decode_jpeg(jpeg)
-            except ValueError as e:
-                raise ShardError(f"{where}: frame {i}: {e}") from e
+            except FrameError as e:
+                raise FrameError(f"{where[j]}: {e}") from e
             if frame.shape[:2] != (size, size):
-                raise ShardError(f"{where}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, "
+                raise ShardError(f"{where[j]}: frame is {frame.shape[1]}x{frame.shape[0]}, "
                                  f"meta size is {size}")
-            frames.append(frame)
-        clip["frames"] = np.stack(frames)
-    return clip
+            frames[j] = frame
+        out["frames"] = frames
+    else:
+        out["frames"] = jpegs
+    return out
 
 
-def _array(entry: Any, where: str) -> np.ndarray:
+def decode_clip(records: Sequence[bytes], *, decode_frames: bool = True, where: str = "record") -> dict:
+    """A clip's records (header first) -> clip dict (schema.CLIP_KEYS). frames: uint8
+    (T, H, W, 3) RGB, or with `decode_frames=False` the list of JPEG bytes."""
+    if isinstance(records, (bytes, bytearray)):
+        raise TypeError("decode_clip takes the list of a clip's records (encode_clip's result)")
+    meta, _ = read_header(records[0], where=f"{where}[0]")
+    t = meta["num_frames"]
+    if len(records) != t + 1:
+        raise ShardError(f"{where}: {len(records) - 1} frame records for num_frames={t}")
+    clip = decode_frame_records(records[1:], meta, range(t), decode=decode_frames,
+                                where=[f"{where}[{k + 1}]" for k in range(t)])
+    clip["audio"] = clip["audio"].reshape(-1)
+    clip["meta"] = meta
+    check = dict(clip, frames=clip["frames"] if not decode_frames else [b"\xff\xd8"] * t)
     try:
-        dtype_str, shape, raw = entry
-        dtype = np.dtype(dtype_str)
-        shape = tuple(int(s) for s in shape)
-    except Exception as e:
-        raise ShardError(f"{where}: malformed array entry ({e})") from e
-    if dtype.kind not in "biuf" or dtype.hasobject:
-        raise ShardError(f"{where}: dtype {dtype_str!r} is not numeric")
-    if (not isinstance(raw, bytes) or min(shape, default=0) < 0
-            or len(raw) != dtype.itemsize * math.prod(shape)):
-        raise ShardError(f"{where}: {len(raw) if isinstance(raw, bytes) else '?'} bytes "
-                         f"do not hold {dtype_str} {shape}")
-    return np.frombuffer(raw, dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        schema.validate_clip(check, where)
+    except schema.ClipError as e:
+        raise ShardError(str(e)) from e
+    return clip
 
 
 # --- writing ----------------------------------------------------------------------------
@@ -202,7 +255,8 @@ class ShardWriter:
         if not self.path.endswith(SHARD_SUFFIX):
             raise ValueError(f"{self.path}: shard files must end with {SHARD_SUFFIX}")
         self.count = 0
-        self._metas: list[dict] = []
+        self._clips: list[dict] = []
+        self._records = 0
         self._writer = None
 
     def __enter__(self) -> "ShardWriter":
@@ -211,14 +265,26 @@ class ShardWriter:
         return self
 
     def write(self, clip: Mapping[str, Any]) -> None:
-        self.write_encoded(encode_clip(clip, f"{self.path}[{self.count}]"))
+        self.write_encoded(encode_clip(clip, f"{self.path} clip {self.count}"))
 
-    def write_encoded(self, data: bytes) -> None:
-        """Writes a record made by `encode_clip` (e.g. in a worker process)."""
+    def write_encoded(self, records: Sequence[bytes]) -> None:
+        """Writes a clip's records as made by `encode_clip` (e.g. in a worker process);
+        they are checked (header, frame positions, array sizes) before any is written."""
         if self._writer is None:
             raise RuntimeError("ShardWriter.write outside its `with` block")
-        self._metas.append(read_meta(data, where=f"{self.path}[{self.count}]"))
-        self._writer.write(data)
+        if isinstance(records, (bytes, bytearray)):
+            raise TypeError("write_encoded takes the list of a clip's records (encode_clip's result)")
+        at = [f"{self.path}[{self._records + k}]" for k in range(len(records))]
+        meta, invalid = read_header(records[0], where=at[0])
+        if len(records) != meta["num_frames"] + 1:
+            raise ShardError(f"{at[0]}: {len(records) - 1} frame records for "
+                             f"num_frames={meta['num_frames']}")
+        decode_frame_records(records[1:], meta, range(meta["num_frames"]), decode=False,
+                             where=at[1:])
+        self._clips.append({"record": self._records, "invalid_landmarks": invalid, **meta})
+        for data in records:
+            self._writer.write(data)
+        self._records += len(records)
         self.count += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -227,7 +293,8 @@ class ShardWriter:
         try:
             writer.close()
             if exc_type is None:
-                _write_json(_sidecar(self.path), {"num_records": self.count, "metas": self._metas,
+                _write_json(_sidecar(self.path), {"version": FORMAT_VERSION,
+                                                  "num_records": self._records, "clips": self._clips,
                                                   "file_size": os.path.getsize(tmp)})
                 os.replace(tmp, self.path)
         finally:
@@ -262,6 +329,14 @@ def open_reader(path: str) -> array_record_module.ArrayRecordReader:
     return reader
 
 
+def read_records(reader, path: str, positions: Sequence[int]) -> list[bytes]:
+    """The records at `positions` of an open shard (ShardError naming the file)."""
+    try:
+        return reader.read(list(positions))
+    except Exception as e:
+        raise ShardError(f"{path}{list(positions)[:4]}: cannot read records ({e})") from e
+
+
 def read_record(reader, path: str, position: int) -> bytes:
     try:
         return reader.read([position])[0]
@@ -269,28 +344,39 @@ def read_record(reader, path: str, position: int) -> bytes:
         raise ShardError(f"{path}[{position}]: cannot read record ({e})") from e
 
 
-def _sidecar_metas(path: str, num_records: int) -> list[dict] | None:
-    """The sidecar's metas when it matches the shard (count, file size, fields), else None."""
+def _sidecar_clips(path: str, num_records: int) -> list[dict] | None:
+    """The sidecar's clip entries when it matches the shard (count, file size, fields)."""
+    fields = {"record", "invalid_landmarks", *schema.META_FIELDS}
     try:
         with open(_sidecar(path)) as f:
             side = json.load(f)
-        metas = side["metas"]
-        ok = (side["num_records"] == num_records == len(metas)
+        clips = side["clips"]
+        ok = (side["version"] == FORMAT_VERSION and side["num_records"] == num_records
               and side["file_size"] == os.path.getsize(path)
-              and all(isinstance(m, dict) and set(m) == set(schema.META_FIELDS) for m in metas))
+              and all(isinstance(c, dict) and set(c) == fields for c in clips))
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return metas if ok else None
+    return clips if ok else None
 
 
-def _shard_metas(path: str) -> list[dict]:
+def shard_clips(path: str) -> list[dict]:
+    """The clip entries ({"record", "invalid_landmarks", **meta}) of one shard file, from
+    its sidecar or, when that is missing or stale, from its header records."""
     reader = open_reader(path)
     try:
         n = reader.num_records()
-        metas = _sidecar_metas(path, n)
-        if metas is None:
-            metas = [read_meta(read_record(reader, path, i), where=f"{path}[{i}]") for i in range(n)]
-        return metas
+        clips = _sidecar_clips(path, n)
+        if clips is not None:
+            return clips
+        clips, position = [], 0
+        while position < n:
+            meta, invalid = read_header(read_record(reader, path, position), where=f"{path}[{position}]")
+            clips.append({"record": position, "invalid_landmarks": invalid, **meta})
+            position += 1 + meta["num_frames"]
+        if position != n:
+            raise ShardError(f"{path}: the last clip claims {position - n} more frame records than "
+                             "the file holds")
+        return clips
     finally:
         reader.close()
 
@@ -306,14 +392,14 @@ def write_manifest(shards_dir: str | os.PathLike) -> dict:
         raise ShardError(f"{root}: no *{SHARD_SUFFIX} files")
     shards, clips, seen = [], [], {}
     for s, rel in enumerate(paths):
-        metas = _shard_metas(os.path.join(root, rel))
-        shards.append({"path": rel, "num_records": len(metas)})
-        for r, meta in enumerate(metas):
-            key = clip_key(meta)
+        entries = shard_clips(os.path.join(root, rel))
+        shards.append({"path": rel, "num_records": sum(1 + c["num_frames"] for c in entries)})
+        for entry in entries:
+            key = clip_key(entry)
             if key in seen:
-                raise ShardError(f"{root}: clip {key!r} is in {seen[key]} and {rel}[{r}]")
-            seen[key] = f"{rel}[{r}]"
-            clips.append({"shard": s, "record": r, **meta})
+                raise ShardError(f"{root}: clip {key!r} is in {seen[key]} and {rel}[{entry['record']}]")
+            seen[key] = f"{rel}[{entry['record']}]"
+            clips.append({"shard": s, **entry})
     manifest = {"format": "edtalk-clip-shards", "version": FORMAT_VERSION,
                 "num_clips": len(clips), "shards": shards, "clips": clips}
     _write_json(os.path.join(root, MANIFEST), manifest)
@@ -332,8 +418,14 @@ def load_manifest(shards_dir: str | os.PathLike) -> dict:
                                 f"`{_INDEX_CMD.format(dir=os.fspath(shards_dir))}`")
     with open(path) as f:
         manifest = json.load(f)
-    if manifest.get("format") != "edtalk-clip-shards" or manifest.get("version") != FORMAT_VERSION:
-        raise ShardError(f"{path}: not a version-{FORMAT_VERSION} clip-shard manifest")
+    if manifest.get("format") != "edtalk-clip-shards":
+        raise ShardError(f"{path}: not a clip-shard manifest")
+    if manifest.get("version") == 1:
+        raise ShardError(f"{path}: a format-version-1 shard directory (one record per clip); "
+                         f"convert it with `{UPGRADE_CMD.format(src=os.fspath(shards_dir))}`")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ShardError(f"{path}: manifest version {manifest.get('version')!r}, this reader "
+                         f"understands {FORMAT_VERSION}")
     return manifest
 
 
@@ -431,13 +523,91 @@ def open_clips(path: str | os.PathLike, split: str | None = None):
     return ClipStore(path, split)
 
 
-class ClipStore:
-    """Random access to the clips of a shard directory (optionally one split).
+class ClipSource:
+    """Random access to clips by index 0..len-1, the interface every loader reads.
 
-    Index i runs over the split's clips in global order. `meta` and `indices_by` use
-    only the manifest; records are read through ArrayRecord readers opened lazily per
-    process, so a store pickles cheaply into grain worker processes. `store[i]` is
-    `record(i)`: frames stay JPEG bytes so loaders decode only the frames they sample.
+    Metadata (`meta`, `landmark_valid`, `indices_by`) comes from an index held in memory
+    (a shard directory's manifest, a TFDS build's metadata): no record is read for it.
+    `read_frames(i, frames)` reads just those frame records of clip i; `record(i)` and
+    `clip(i)` read them all. `bytes_read` counts the record bytes this process read.
+    Subclasses fill `shards_dir`, `_entries` (per clip: the meta fields and
+    "invalid_landmarks") and `_global`, and implement `_records(i, positions)`. A source
+    pickles cheaply (readers are reopened lazily in each process).
+    """
+
+    shards_dir: str
+    _entries: list[dict]
+    _global: np.ndarray
+    bytes_read: int = 0
+
+    def _records(self, i: int, positions: Sequence[int]) -> tuple[list[bytes], list[str]]:
+        """(record bytes of frames `positions` of clip i, a name for each in errors)."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def global_index(self, i: int) -> int:
+        """The index of clip i in the whole dataset (manifest order; for TFDS, the split)."""
+        return int(self._global[i])
+
+    def meta(self, i: int) -> dict:
+        entry = self._entries[i]
+        return {k: entry[k] for k in schema.META_FIELDS}
+
+    def num_frames(self, i: int) -> int:
+        return int(self._entries[i]["num_frames"])
+
+    def landmark_valid(self, i: int) -> np.ndarray:
+        """bool (T,): False where clip i's landmarks were interpolated, not detected."""
+        valid = np.ones(self.num_frames(i), bool)
+        valid[self._entries[i]["invalid_landmarks"]] = False
+        return valid
+
+    def indices_by(self, key: str) -> dict[Any, list[int]]:
+        """Meta value of `key` (e.g. "speaker", "emotion") -> indices of its clips."""
+        if key not in schema.META_FIELDS:
+            raise KeyError(f"{key!r} is not a meta field ({', '.join(schema.META_FIELDS)})")
+        groups: dict[Any, list[int]] = {}
+        for i, entry in enumerate(self._entries):
+            groups.setdefault(entry[key], []).append(i)
+        return groups
+
+    def read_frames(self, i: int, frames: Sequence[int], *, decode: bool = True) -> dict:
+        """Frames `frames` of clip i: {"frames": uint8 (n, H, W, 3) RGB (JPEG bytes with
+        `decode=False`), "mel_windows", "landmarks", "landmark_valid", "audio" (n, 640),
+        "factors"} (shards.decode_frame_records). ShardError names the file and record."""
+        frames = [int(k) for k in frames]
+        t = self.num_frames(i)
+        if any(not 0 <= k < t for k in frames):
+            raise IndexError(f"frames {frames} of clip {self.global_index(i)} with {t} frames")
+        data, where = self._records(i, frames)
+        self.bytes_read += sum(map(len, data))
+        return decode_frame_records(data, self.meta(i), frames, decode=decode, where=where)
+
+    def record(self, i: int) -> dict:
+        """Clip i (schema.CLIP_KEYS), frames as a list of JPEG bytes."""
+        return self._whole(i, decode=False)
+
+    def clip(self, i: int) -> dict:
+        """Clip i fully decoded: frames uint8 (T, H, W, 3) RGB."""
+        return self._whole(i, decode=True)
+
+    def _whole(self, i: int, decode: bool) -> dict:
+        clip = self.read_frames(i, range(self.num_frames(i)), decode=decode)
+        clip["audio"] = clip["audio"].reshape(-1)
+        clip["meta"] = self.meta(i)
+        return clip
+
+    def __getitem__(self, i: int) -> dict:
+        return self.record(i)
+
+
+class ClipStore(ClipSource):
+    """The clips of a shard directory (optionally one split), indexed by its manifest.
+
+    Index i runs over the split's clips in global order. Records are read through
+    ArrayRecord readers opened lazily per process.
     """
 
     def __init__(self, shards_dir: str | os.PathLike, split: str | None = None):
@@ -446,14 +616,9 @@ class ClipStore:
         manifest = load_manifest(self.shards_dir)
         self._paths = [os.path.join(self.shards_dir, s["path"]) for s in manifest["shards"]]
         clips = manifest["clips"]
-        if split is None:
-            chosen = range(len(clips))
-        else:
-            chosen = self._split_indices(clips, split)
+        chosen = range(len(clips)) if split is None else self._split_indices(clips, split)
         self._global = np.asarray(chosen, np.int64)
-        self._where = [(clips[g]["shard"], clips[g]["record"]) for g in self._global]
-        fields = tuple(schema.META_FIELDS)
-        self._metas = [{k: clips[g][k] for k in fields} for g in self._global]
+        self._entries = [clips[g] for g in self._global]
         self._readers: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -471,9 +636,6 @@ class ClipStore:
                              f"{missing[0]!r}); rebuild: {_INDEX_CMD.format(dir=self.shards_dir)}")
         return sorted(index[k] for k in keys)
 
-    def __len__(self) -> int:
-        return len(self._global)
-
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_readers"], state["_lock"] = {}, None
@@ -483,45 +645,18 @@ class ClipStore:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def global_index(self, i: int) -> int:
-        """The manifest (global) index of clip i."""
-        return int(self._global[i])
-
-    def meta(self, i: int) -> dict:
-        return dict(self._metas[i])
-
-    def indices_by(self, key: str) -> dict[Any, list[int]]:
-        """Meta value of `key` (e.g. "speaker", "emotion") -> indices of its clips."""
-        if key not in schema.META_FIELDS:
-            raise KeyError(f"{key!r} is not a meta field ({', '.join(schema.META_FIELDS)})")
-        groups: dict[Any, list[int]] = {}
-        for i, meta in enumerate(self._metas):
-            groups.setdefault(meta[key], []).append(i)
-        return groups
-
-    def _read(self, i: int) -> tuple[bytes, str]:
-        """The record bytes of clip i and its location "<shard>[<record>]"."""
-        shard, record = self._where[i]
+    def _records(self, i: int, positions: Sequence[int]) -> tuple[list[bytes], list[str]]:
+        entry = self._entries[i]
+        shard, header = entry["shard"], entry["record"]
         reader = self._readers.get(shard)
         if reader is None:
             with self._lock:
                 reader = self._readers.get(shard)
                 if reader is None:
                     reader = self._readers[shard] = open_reader(self._paths[shard])
-        return read_record(reader, self._paths[shard], record), f"{self._paths[shard]}[{record}]"
-
-    def record(self, i: int) -> dict:
-        """Clip i decoded, except frames: a list of JPEG bytes."""
-        data, where = self._read(i)
-        return decode_clip(data, decode_frames=False, where=where)
-
-    def clip(self, i: int) -> dict:
-        """Clip i fully decoded: frames uint8 (T, H, W, 3) RGB."""
-        data, where = self._read(i)
-        return decode_clip(data, decode_frames=True, where=where)
-
-    def __getitem__(self, i: int) -> dict:
-        return self.record(i)
+        at = [header + 1 + k for k in positions]
+        path = self._paths[shard]
+        return read_records(reader, path, at), [f"{path}[{a}]" for a in at]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,18 +3,26 @@ drawn from a clip. The grain plumbing is in data_pipeline.loaders.
 
 A sampler maps (epoch, clip) to a dict of numpy arrays, images uint8 (H, W, 3) at the
 configured size. Its randomness is `np.random.default_rng([seed, stage, epoch, global
-clip index])`, so a sample does not depend on worker count or iteration order. A clip
-that cannot be used (unreadable record, undecodable frame, missing targets) is a counted
-skip: the sampler records the reason and draws a replacement clip (any usable one)
-with the same generator, so batches keep their size and stay deterministic.
+clip index])`, so a sample does not depend on worker count or iteration order. Frames
+are chosen from the index (a clip's length and landmark validity) and only those frame
+records are read (shards.ClipSource.read_frames).
+
+Landmarks place mouths only where they were detected: the mouth-swap frames of stage 2
+and the T frames of stage 4 have `landmark_valid` set (clips without such frames are
+excluded up front, counted by reason).
+
+Bad data (schema.DataError: an unreadable record, a corrupt JPEG, missing or non-finite
+targets, degenerate landmarks) is a counted skip: the sampler records the reason and
+draws a replacement clip (any usable one) with the same generator, so batches keep
+their size and stay deterministic. Any other exception is a bug and propagates. The
+loader stops the run when skips pass its rate limit (LoaderConfig.max_skip_fraction).
 """
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 
-from data_pipeline import mouth_swap, schema, shards, targets
+from data_pipeline import mouth_swap, schema, targets
 
 # The image keys of each stage's samples (uint8 until the batch is converted).
 IMAGE_KEYS = {
@@ -31,9 +39,15 @@ def min_frames(stage: int, t: int) -> int:
     return t if stage == 4 else 2
 
 
+def valid_starts(valid: np.ndarray, t: int) -> np.ndarray:
+    """Starts of the windows of t consecutive frames whose landmarks are all valid."""
+    run = np.convolve(np.asarray(valid, np.int64), np.ones(t, np.int64), "valid")
+    return np.flatnonzero(run == t)
+
+
 def usable_clips(store, cfg, target_store=None) -> tuple[np.ndarray, dict[str, int]]:
     """(store indices of the clips stage `cfg.stage` can use, {reason: count} of the
-    others). Only the manifest is read."""
+    others). Only the index is read (no record)."""
     excluded: dict[str, int] = {}
     usable = []
     need = min_frames(cfg.stage, cfg.T)
@@ -47,6 +61,10 @@ def usable_clips(store, cfg, target_store=None) -> tuple[np.ndarray, dict[str, i
             reason = "no_emotion"
         elif cfg.stage == 3 and cfg.exclude_neutral and meta["emotion"] == "neutral":
             reason = "neutral"
+        elif cfg.stage == 2 and not store.landmark_valid(i).any():
+            reason = "no_detected_landmarks"
+        elif cfg.stage == 4 and not len(valid_starts(store.landmark_valid(i), cfg.T)):
+            reason = f"no_{cfg.T}_frames_with_detected_landmarks"
         elif target_store is not None and store.global_index(i) in target_store.bad_clips:
             reason = "no_targets"
         else:
@@ -56,16 +74,21 @@ def usable_clips(store, cfg, target_store=None) -> tuple[np.ndarray, dict[str, i
     return np.asarray(usable, np.int64), excluded
 
 
-def _skip_kind(error: Exception) -> str:
+def skip_kind(error: schema.DataError) -> str:
+    """The counter a skipped clip goes to."""
     if isinstance(error, targets.TargetsError):
         return "no_targets"
+    from data_pipeline import shards
+
+    if isinstance(error, shards.FrameError):
+        return "corrupt_frame"
     if isinstance(error, shards.ShardError):
         return "unreadable"
     return "bad_data"
 
 
 class Sampler:
-    """Draws one stage's samples from a ClipStore (see the module docstring).
+    """Draws one stage's samples from a ClipSource (see the module docstring).
 
     `usable` are the store indices the stage may use: partners and replacements for
     skipped clips come from all of them."""
@@ -98,40 +121,46 @@ class Sampler:
         for _ in range(MAX_ATTEMPTS):
             try:
                 sample = self._draw(i, rng)
-            except (shards.ShardError, ValueError, cv2.error) as e:
-                skips.append((_skip_kind(e), f"sample of clip {self.store.global_index(i)}: {e}"))
+            except schema.DataError as e:
+                skips.append((skip_kind(e), f"sample of clip {self.store.global_index(i)}: {e}"))
                 i = int(self.usable[rng.integers(len(self.usable))])
                 continue
             sample["index"] = np.int32(self.store.global_index(i))
             sample["skips"] = skips
             return sample
-        raise RuntimeError(f"{self.store.shards_dir}: {MAX_ATTEMPTS} clips in a row could not "
-                           f"be used; the last errors: {[m for _, m in skips[-3:]]}")
+        raise schema.DataError(f"{self.store.shards_dir}: {MAX_ATTEMPTS} clips in a row could not "
+                               f"be used; the last errors: {[m for _, m in skips[-3:]]}")
 
     # --- helpers ---------------------------------------------------------------------
 
-    def _images(self, record: dict, indices) -> tuple[np.ndarray, float]:
-        """Decoded frames uint8 (n, H, W, 3) at their stored size, and the scale factor
-        to the output size (for landmarks)."""
-        frames = shards.decode_jpegs(record["frames"], indices)
-        native = record["meta"]["size"]
-        if frames.shape[1:3] != (native, native):
-            raise ValueError(f"frame is {frames.shape[2]}x{frames.shape[1]}, meta size {native}")
-        return frames, self.size / native
+    def _read(self, i: int, frames) -> tuple[dict, float]:
+        """Frames `frames` of clip i (shards.ClipSource.read_frames, images at their stored
+        size) and the scale factor to the output size (for landmarks)."""
+        data = self.store.read_frames(i, frames)
+        return data, self.size / data["frames"].shape[1]
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         return targets.resize_frames(img[None], self.size)[0]
 
-    def _frames(self, record: dict, indices) -> np.ndarray:
-        frames, _ = self._images(record, indices)
-        return np.stack([self._resize(f) for f in frames])
+    def _frames(self, i: int, frames) -> np.ndarray:
+        return targets.resize_frames(self.store.read_frames(i, frames)["frames"], self.size)
 
     @staticmethod
     def _two(rng, n: int) -> np.ndarray:
         return rng.choice(n, 2, replace=False)
 
+    def _frame(self, rng, i: int) -> int:
+        return int(rng.integers(self.store.num_frames(i)))
+
     def _speaker(self, i: int) -> int:
         return self.speaker_of[int(i)]
+
+    def _swap_pair(self, rng, i: int) -> list[int]:
+        """[identity frame, mouth frame] of clip i: the mouth frame among those with
+        detected landmarks, the identity frame any other frame."""
+        mouth = int(rng.choice(np.flatnonzero(self.store.landmark_valid(i))))
+        other = int(rng.integers(self.store.num_frames(i) - 1))
+        return [other + (other >= mouth), mouth]
 
     # --- stages ----------------------------------------------------------------------
 
@@ -143,28 +172,27 @@ class Sampler:
         clips = self.speaker_clips[s]
         if self.store.meta(i)["emotion"]:
             pool = self.neutral_clips[s] if len(self.neutral_clips[s]) else clips
-            src = self.store.record(int(rng.choice(pool)))
-            tgt = self.store.record(int(rng.choice(clips)))
-            source = self._frames(src, [rng.integers(len(src["frames"]))])[0]
-            target = self._frames(tgt, [rng.integers(len(tgt["frames"]))])[0]
+            src, tgt = int(rng.choice(pool)), int(rng.choice(clips))
+            source = self._frames(src, [self._frame(rng, src)])[0]
+            target = self._frames(tgt, [self._frame(rng, tgt)])[0]
         else:
-            rec = self.store.record(int(rng.choice(clips)))
-            source, target = self._frames(rec, self._two(rng, len(rec["frames"])))
+            c = int(rng.choice(clips))
+            source, target = self._frames(c, self._two(rng, self.store.num_frames(c)))
         return {"source": source, "target": target}
 
     def _stage2(self, i: int, rng) -> dict:
         """Clip A = clip i, clip B = a random clip of a random other speaker; two frames
-        of each, the two mouth swaps (official get_IA_MB at full frame size) and the mouth
-        boxes of A and B (for `loss.mouth_l1`)."""
+        of each (the second with detected landmarks), the two mouth swaps (official
+        get_IA_MB at full frame size) and the mouth boxes of A and B (for
+        `loss.mouth_l1`)."""
         s = self._speaker(i)
         other = int(rng.integers(len(self.speaker_clips) - 1))
         other += other >= s
-        rec_a = self.store.record(i)
-        rec_b = self.store.record(int(rng.choice(self.speaker_clips[other])))
-        fa, fb = self._two(rng, len(rec_a["frames"])), self._two(rng, len(rec_b["frames"]))
-        (a_id, a), scale_a = self._images(rec_a, fa)
-        (b_id, b), scale_b = self._images(rec_b, fb)
-        la, lb = rec_a["landmarks"][fa[1]], rec_b["landmarks"][fb[1]]
+        j = int(rng.choice(self.speaker_clips[other]))
+        rec_a, scale_a = self._read(i, self._swap_pair(rng, i))
+        rec_b, scale_b = self._read(j, self._swap_pair(rng, j))
+        (a_id, a), (b_id, b) = rec_a["frames"], rec_b["frames"]
+        la, lb = rec_a["landmarks"][1], rec_b["landmarks"][1]
         out = {"a_identity": a_id, "a": a, "b_identity": b_id, "b": b,
                "mouth_a_on_b": mouth_swap.swap_mouth(a, la, b, lb),
                "mouth_b_on_a": mouth_swap.swap_mouth(b, lb, a, la)}
@@ -175,34 +203,33 @@ class Sampler:
 
     def _stage3(self, i: int, rng) -> dict:
         """Identity and target: two random frames of the (emotional) clip i."""
-        rec = self.store.record(i)
-        identity, target = self._frames(rec, self._two(rng, len(rec["frames"])))
-        meta = rec["meta"]
+        identity, target = self._frames(i, self._two(rng, self.store.num_frames(i)))
+        meta = self.store.meta(i)
         return {"identity": identity, "target": target,
                 "emotion": np.int32(schema.emotion_label(meta["emotion"])),
                 "level": np.int32(meta["level"])}
 
     def _stage4(self, i: int, rng) -> dict:
-        """T consecutive frames from a random start, their mel windows, mouth boxes and
-        stored lip/pose targets, and a random identity frame of the same clip with its
-        stored lip coefficients (`identity_lip`, the anchor of `audio2lip.target="offset"`)."""
-        rec = self.store.record(i)
-        n = len(rec["frames"])
-        start = int(rng.integers(n - self.t + 1))
+        """T consecutive frames with detected landmarks from a random start, their mel
+        windows, mouth boxes and stored lip/pose targets, and a random identity frame of
+        the same clip with its stored lip coefficients (`identity_lip`, the anchor of
+        `audio2lip.target="offset"`)."""
+        n = self.store.num_frames(i)
+        start = int(rng.choice(valid_starts(self.store.landmark_valid(i), self.t)))
         span = np.arange(start, start + self.t)
         lip, pose = self.targets.get(self.store.global_index(i))
         if len(lip) != n or not (np.isfinite(lip[span]).all() and np.isfinite(pose[span]).all()):
             raise targets.TargetsError(f"targets of {len(lip)} frames (clip has {n}) or not finite")
-        if not np.isfinite(rec["landmarks"][span]).all():
-            raise ValueError(f"landmarks of frames {start}..{start + self.t - 1} are not finite")
         ident = int(rng.integers(n))
         if not np.isfinite(lip[ident]).all():
             raise targets.TargetsError(f"lip target of identity frame {ident} is not finite")
-        decoded, scale = self._images(rec, [ident, *span])
-        boxes = np.stack([square_mouth_box(rec["landmarks"][k] * scale, self.mouth_margin,
-                                           self.size) for k in span])
-        return {"frames": np.stack([self._resize(f) for f in decoded[1:]]),
-                "mel": rec["mel_windows"][span], "identity": self._resize(decoded[0]),
+        rec, scale = self._read(i, [ident, *span])
+        if not np.isfinite(rec["landmarks"][1:]).all():
+            raise schema.DataError(f"landmarks of frames {start}..{start + self.t - 1} are not finite")
+        boxes = np.stack([square_mouth_box(lm * scale, self.mouth_margin, self.size)
+                          for lm in rec["landmarks"][1:]])
+        frames = targets.resize_frames(rec["frames"], self.size)
+        return {"frames": frames[1:], "mel": rec["mel_windows"][1:], "identity": frames[0],
                 "mouth_boxes": boxes, "lip_targets": lip[span], "pose_targets": pose[span],
                 "identity_lip": lip[ident]}
 

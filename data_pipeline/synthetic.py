@@ -62,7 +62,7 @@ class SyntheticConfig:
     clips_per_speaker: int = 4
     frames_per_clip: int = 125  # 5 s at 25 fps, as the official clips
     size: int = 256  # frame side in pixels (64..512)
-    jpeg_quality: int = 95
+    jpeg_quality: int = schema.JPEG_QUALITY  # the one default (schema.py, measured)
     seed: int = 0
     emotions: tuple[str, ...] = schema.EMOTIONS  # emotions used; see clip_emotion
 

@@ -3,8 +3,10 @@ frame, computed once with a trained lip-pose generator and stored beside the sha
 
 Layout `<shards_dir>/targets/<name>/`:
   targets.json   {"format": "edtalk-stage4-targets", "version": 1, "name",
-                  "checkpoint": path or null, "checkpoint_sha256", "manifest_sha256",
-                  "lip_dim", "pose_dim", "complete": bool,
+                  "checkpoint": path or null, "checkpoint_sha256", "model": the model's
+                  identity (the checkpoint's sha256, or what the Python caller names),
+                  "size": the frame size fed to the model (null: as stored),
+                  "manifest_sha256", "lip_dim", "pose_dim", "complete": bool,
                   "shards": {shard path: {"file": npy path, "rows": n}},
                   "bad_clips": {global index: reason}}
   <shard path without .array_record>.npy
@@ -12,7 +14,8 @@ Layout `<shards_dir>/targets/<name>/`:
                  of the shard's clips in manifest order, lip columns first. A clip that
                  could not be read has NaN rows and an entry in bad_clips.
 The manifest hash ties the targets to one indexing of the shards; `load_targets`
-refuses targets computed for another manifest (or, when asked, another checkpoint).
+refuses targets computed for another manifest (or, when asked, another checkpoint, model
+or frame size), and a resumed computation refuses to mix models or sizes.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Callable, Iterator, Mapping
 import cv2
 import numpy as np
 
-from data_pipeline import shards
+from data_pipeline import schema, shards
 
 FORMAT = "edtalk-stage4-targets"
 VERSION = 1
@@ -37,7 +40,7 @@ COMMAND = ("python -m launch.compute_targets --shards {shards} --checkpoint LIP_
 CoeffFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 
 
-class TargetsError(ValueError):
+class TargetsError(schema.DataError):
     """Missing, incomplete or stale targets; the message names the command to fix it."""
 
 
@@ -161,29 +164,35 @@ def _shard_targets(store, clips: list[int], lengths: list[int], coeff_fn: CoeffF
 
 def compute_targets(shards_dir: str | os.PathLike, name: str, coeff_fn: CoeffFn,
                     batch_size: int = 64, progress: bool = True, *,
-                    checkpoint: str | os.PathLike | None = None,
+                    checkpoint: str | os.PathLike | None = None, model: str | None = None,
                     size: int | None = None) -> dict:
     """Computes the targets of every clip in the manifest with `coeff_fn(frames float32
     (N, H, W, 3) in [-1, 1]) -> {"lip": (N, L), "pose": (N, P)}` and writes them under
     targets/<name>/; returns the info dict. Frames are resized to `size` when given.
+    The model is named by `checkpoint` (its file's sha256) or, from Python, by `model` (a
+    string identifying coeff_fn's weights, e.g. a hash of them): one of them is required.
     Resumable: shards whose file exists are kept, provided targets.json records the same
-    manifest and checkpoint (else TargetsError: delete the directory or pick a new name)."""
+    manifest, model and size (else TargetsError: delete the directory or pick a new name)."""
     from tqdm import tqdm
 
     shards_dir = os.fspath(shards_dir)
     manifest = shards.load_manifest(shards_dir)
     directory = targets_dir(shards_dir, name)
     os.makedirs(directory, exist_ok=True)
+    if checkpoint is None and model is None:
+        raise ValueError("compute_targets: name the model, by checkpoint= or model=")
+    sha = checkpoint_sha256(checkpoint) if checkpoint else None
     info = {"format": FORMAT, "version": VERSION, "name": name,
             "checkpoint": os.path.abspath(checkpoint) if checkpoint else None,
-            "checkpoint_sha256": checkpoint_sha256(checkpoint) if checkpoint else None,
+            "checkpoint_sha256": sha, "model": model if model is not None else sha,
+            "size": None if size is None else int(size),
             "manifest_sha256": manifest_sha256(shards_dir), "lip_dim": None, "pose_dim": None,
             "complete": False, "shards": {}, "bad_clips": {}}
     info_path = os.path.join(directory, INFO)
     if os.path.exists(info_path):
         with open(info_path) as f:
             old = json.load(f)
-        for key in ("format", "version", "manifest_sha256", "checkpoint_sha256"):
+        for key in ("format", "version", "manifest_sha256", "checkpoint_sha256", "model", "size"):
             if old.get(key) != info[key]:
                 raise TargetsError(f"{directory}: existing targets differ in {key} "
                                    f"({old.get(key)!r} != {info[key]!r}); delete the "
@@ -257,10 +266,11 @@ class TargetStore:
 
 
 def load_targets(shards_dir: str | os.PathLike, name: str,
-                 checkpoint: str | os.PathLike | None = None) -> TargetStore:
+                 checkpoint: str | os.PathLike | None = None, *,
+                 size: int | None = None) -> TargetStore:
     """The targets `name` of a shard directory. TargetsError (naming the command that
     computes them) when they are missing or incomplete, were computed for another
-    manifest, or (when `checkpoint` is given) with another checkpoint."""
+    manifest, or (when given) with another checkpoint or from frames of another size."""
     directory = targets_dir(shards_dir, name)
     cmd = _command(shards_dir, name)
     path = os.path.join(directory, INFO)
@@ -278,4 +288,8 @@ def load_targets(shards_dir: str | os.PathLike, name: str,
     if checkpoint is not None and info["checkpoint_sha256"] != checkpoint_sha256(checkpoint):
         raise TargetsError(f"{directory}: stale targets, computed with {info['checkpoint']} "
                            f"not {os.fspath(checkpoint)}; recompute with `{cmd}` (new --name)")
+    stored_size = info.get("size")
+    if size is not None and stored_size is not None and int(size) != stored_size:
+        raise TargetsError(f"{directory}: computed from {stored_size}px frames, this model takes "
+                           f"{size}px; recompute with `{cmd}` (new --name)")
     return TargetStore(directory, info, shards.load_manifest(shards_dir))

@@ -2,9 +2,15 @@
 
 Each builder reads a raw layout from the manual directory (data_pipeline.datasets),
 runs the same `preprocess.process(item, options)` as the local runner and writes the same
-clip records in `array_record` files: the feature "clip" holds `shards.encode_clip(clip)`
-bytes, beside a few scalar meta features for inspection. Read them with
-`open_tfds_clips(builder_dir, split)`, `tfds.data_source` or grain.
+records (format version 2, data_pipeline.shards) in `array_record` files, one TFDS
+example per record: the feature "record" holds the bytes, "clip" the clip key
+("<dataset>/<clip_id>") and "t" the record's place in its clip (0 = header, 1 + frame).
+Examples are not shuffled: they are ordered by key, `(sha1(clip key) << 24) | t`, so a
+clip's records are consecutive and a sample reads only the frames it uses. The index
+(per split: each clip's first example, meta and landmark validity) is stored in the
+dataset's metadata ("index"), so metadata is served without reading any example. Read
+with `open_tfds_clips(builder_dir, split)` (a `shards.ClipSource`), `tfds.data_source`
+or grain.
 
 Generation: with a Beam runner in the DownloadConfig, `beam.Create(items) |
 beam.FlatMap(_examples)` (Beam workers import this module: the package must be installed
@@ -24,6 +30,7 @@ M030, W009, W015; HDTF and folder speakers held out by `shards.hash_held_out` (f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -35,31 +42,49 @@ import tensorflow_datasets as tfds
 from data_pipeline import datasets, preprocess, shards
 from data_pipeline.preprocess import PreprocessOptions, VideoItem
 
-_META_FEATURES = ("clip_id", "dataset", "speaker", "emotion", "level", "num_frames")
+_POSITION_BITS = 24  # records per clip < 2**24 (a clip of 16M frames)
 
 
-def _examples(item: VideoItem, options: PreprocessOptions) -> List[Tuple[str, dict]]:
-    """(key, example) for each clip of one video (the Beam path); skips are logged and
-    counted in Beam metrics."""
+def _key(clip_key: str, t: int) -> int:
+    """The example key of record t of a clip: the examples of a split are sorted by it."""
+    return (int(hashlib.sha1(clip_key.encode()).hexdigest()[:16], 16) << _POSITION_BITS) | t
+
+
+def _clip_examples(records: Sequence[bytes]) -> List[Tuple[int, dict]]:
+    """(key, example) for each record of one clip (header first)."""
+    clip = shards.clip_key(shards.read_meta(records[0]))
+    return [(_key(clip, t), {"record": data, "clip": clip, "t": t}) for t, data in enumerate(records)]
+
+
+def _examples(item: VideoItem, options: PreprocessOptions) -> List[Tuple[int, dict]]:
+    """(key, example) for each record of each clip of one video (the Beam path); skips are
+    logged and counted in Beam metrics."""
     from apache_beam.metrics import Metrics
 
     result = preprocess.process(item, options)
     for what, why in result.skipped:
         logging.warning("skipped %s: %s", what, why)
         Metrics.counter("edtalk_preprocess", "skipped_" + why.split(":")[0].replace(" ", "_")).inc()
-    return [(clip["meta"]["clip_id"], _example(shards.encode_clip(clip))) for clip in result.clips]
+    return [e for clip in result.clips for e in _clip_examples(shards.encode_clip(clip))]
 
 
-def _example(record: bytes) -> dict:
-    meta = shards.read_meta(record)
-    return {**{name: meta[name] for name in _META_FEATURES}, "clip": record}
+def _index(entries: Sequence[dict]) -> List[dict]:
+    """Clip entries ({"invalid_landmarks", **meta}) -> the split's index: the entries in
+    example order, each with "record", the position of its header example."""
+    index, position = [], 0
+    for entry in sorted(entries, key=lambda e: _key(shards.clip_key(e), 0)):
+        index.append({**{k: v for k, v in entry.items() if k not in ("record", "shard")},
+                      "record": position})
+        position += 1 + entry["num_frames"]
+    return index
 
 
 class _ClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared builder: subclasses set LAYOUT and the split rule."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Clip records (data_pipeline.schema), format version 1."}
+    VERSION = tfds.core.Version("2.0.0")
+    RELEASE_NOTES = {"1.0.0": "Clip records (data_pipeline.schema), format version 1.",
+                     "2.0.0": "Frame-addressable records (format version 2), index in metadata."}
     LAYOUT = "folder"
     DATASET = "folder"
     TEST_FRACTION = 0.125
@@ -76,24 +101,32 @@ class _ClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        text = tfds.features.Text()
         return tfds.core.DatasetInfo(
             builder=self,
             description="EDTalk clip records: 25 fps square face crops (JPEG), mel windows, "
-                        "68-point landmarks, 16 kHz int16 audio; see data_pipeline/schema.py.",
+                        "68-point landmarks, 16 kHz int16 audio; see data_pipeline/schema.py "
+                        "and data_pipeline/shards.py (format version 2).",
             features=tfds.features.FeaturesDict({
-                "clip": tfds.features.Scalar(dtype=np.object_, doc="shards.encode_clip bytes"),
-                "clip_id": text, "dataset": text, "speaker": text, "emotion": text,
-                "level": tfds.features.Scalar(dtype=np.int32),
-                "num_frames": tfds.features.Scalar(dtype=np.int32),
+                "record": tfds.features.Scalar(dtype=np.object_, doc="one record (shards.py)"),
+                "clip": tfds.features.Text(doc="clip key <dataset>/<clip_id>"),
+                "t": tfds.features.Scalar(dtype=np.int32, doc="0: header; 1 + frame index"),
             }),
+            disable_shuffling=True,
             metadata=tfds.core.MetadataDict(options=dataclasses.asdict(self._options)),
         )
 
     def _download_and_prepare(self, dl_manager, download_config):
         # A Beam runner or options in the DownloadConfig select the Beam path.
         self._use_beam = download_config.beam_runner is not None or download_config.beam_options is not None
+        self._entries: Dict[str, List[dict]] = {}
         super()._download_and_prepare(dl_manager, download_config)
+        index = {}
+        for split in self.info.splits:
+            entries = self._entries.get(split)
+            if entries is None:  # Beam path: the clips are known only from the written split
+                entries = _scan_entries(self.as_data_source(split=split))
+            index[split] = _index(entries)
+        self.info.metadata["index"] = index
         if self.report is not None:
             self.info.metadata["skipped"] = {
                 key: st["skipped"] for key, st in self.report["items"].items() if st["skipped"]}
@@ -131,7 +164,10 @@ class _ClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         parts = {name: [it for it in part if it.key in made] for name, part in parts.items()}
         if not any(parts.values()):
             raise ValueError(f"{dl_manager.manual_dir}: no video gave a clip; see {staging}/report.json")
-        return {name: self._generate_examples(part, name, os.path.join(staging, "shards"))
+        staged = os.path.join(staging, "shards")
+        self._entries = {name: [e for it in part for e in shards.shard_clips(_staged_path(staged, it))]
+                         for name, part in parts.items() if part}
+        return {name: self._generate_examples(part, name, staged)
                 for name, part in parts.items() if part}
 
     def _generate_examples(self, items: Sequence[VideoItem], split: str, staged: Optional[str] = None):
@@ -143,17 +179,34 @@ class _ClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 | f"{split}_process" >> beam.FlatMap(_examples, options=self._options))
 
 
-def _read_staged(shards_dir: str, items: Sequence[VideoItem]) -> Iterator[Tuple[str, dict]]:
-    """(key, example) for the clips run_local wrote, record bytes unchanged."""
+def _staged_path(shards_dir: str, item: VideoItem) -> str:
+    return os.path.join(shards_dir, item.key + shards.SHARD_SUFFIX)
+
+
+def _read_staged(shards_dir: str, items: Sequence[VideoItem]) -> Iterator[Tuple[int, dict]]:
+    """(key, example) for the records run_local wrote, bytes unchanged."""
     for item in items:
-        path = os.path.join(shards_dir, item.key + shards.SHARD_SUFFIX)
+        path = _staged_path(shards_dir, item)
         reader = shards.open_reader(path)
         try:
-            for i in range(reader.num_records()):
-                example = _example(shards.read_record(reader, path, i))
-                yield example["clip_id"], example
+            for entry in shards.shard_clips(path):
+                first = entry["record"]
+                records = shards.read_records(reader, path, range(first, first + 1 + entry["num_frames"]))
+                yield from _clip_examples(records)
         finally:
             reader.close()
+
+
+def _scan_entries(source) -> List[dict]:
+    """The clip entries of a written split, from its header examples (reads every example:
+    the Beam path only, where no process saw all the clips)."""
+    entries = []
+    for k in range(len(source)):
+        example = source[k]
+        if example["t"] == 0:
+            meta, invalid = shards.read_header(example["record"], where=f"example {k}")
+            entries.append({"invalid_landmarks": invalid, **meta})
+    return entries
 
 
 class MeadClips(_ClipsBuilder):
@@ -184,20 +237,25 @@ class FolderClips(_ClipsBuilder):
 BUILDERS: Dict[str, type] = {"mead": MeadClips, "hdtf": HdtfClips, "folder": FolderClips}
 
 
-class TfdsClips:
-    """Random access to the clips of one split of a TFDS-built dataset, with ClipStore's
-    reading interface: `record(i)` (frames as JPEG bytes, also `[i]`), `clip(i)` (frames
-    decoded), `meta(i)`, `indices_by(key)`, `global_index(i)`, `len()`; the grain loaders
-    of stages 1-3 read it like a shard directory. Pickles cheaply (reopened lazily in
-    each process). TFDS keeps no separate meta index: the first `indices_by` reads every
-    record once."""
+class TfdsClips(shards.ClipSource):
+    """The clips of one split of a TFDS-built dataset (a shards.ClipSource): metadata from
+    the build's index (no example read), frame records read by position. The loaders read
+    it like a shard directory (stage-4 targets need a shard directory)."""
 
     def __init__(self, builder_dir: str, split: str = "train"):
         self.builder_dir, self.split = str(builder_dir), split
         self._source = None
-        self._metas: Optional[List[dict]] = None
-        if split not in self._open().info.splits:
-            raise KeyError(f"{builder_dir}: no split {split!r} (has {sorted(self._open().info.splits)})")
+        info = self._open().info
+        if split not in info.splits:
+            raise KeyError(f"{builder_dir}: no split {split!r} (has {sorted(info.splits)})")
+        index = info.metadata.get("index") if info.metadata else None
+        if index is None or split not in index:
+            raise shards.ShardError(
+                f"{builder_dir}: a TFDS build of format version 1 (one example per clip, no "
+                f"index); convert it to a shard directory with "
+                f"`{shards.UPGRADE_CMD.format(src=builder_dir)}` or rebuild it with launch.build_tfds")
+        self._entries = index[split]
+        self._global = np.arange(len(self._entries), dtype=np.int64)
 
     def _open(self):
         return tfds.builder_from_directory(self.builder_dir)
@@ -215,39 +273,19 @@ class TfdsClips:
     def shards_dir(self) -> str:  # the loaders name their data by this
         return self.builder_dir
 
-    def global_index(self, i: int) -> int:
-        """Index within the split: TFDS splits are separate sources (no global manifest)."""
-        return i
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def _bytes(self, i: int) -> Tuple[bytes, str]:
-        return self.source[i]["clip"], f"{self.builder_dir}[{self.split}][{i}]"
-
-    def record(self, i: int) -> dict:
-        data, where = self._bytes(i)
-        return shards.decode_clip(data, decode_frames=False, where=where)
-
-    def clip(self, i: int) -> dict:
-        data, where = self._bytes(i)
-        return shards.decode_clip(data, decode_frames=True, where=where)
-
-    def meta(self, i: int) -> dict:
-        data, where = self._bytes(i)
-        return shards.read_meta(data, where=where)
-
-    def indices_by(self, key: str) -> Dict[object, List[int]]:
-        """Meta value of `key` (e.g. "speaker") -> indices of its clips."""
-        if self._metas is None:
-            self._metas = [self.meta(i) for i in range(len(self))]
-        groups: Dict[object, List[int]] = {}
-        for i, meta in enumerate(self._metas):
-            groups.setdefault(meta[key], []).append(i)
-        return groups
-
-    def __getitem__(self, i: int) -> dict:
-        return self.record(i)
+    def _records(self, i: int, positions: Sequence[int]) -> Tuple[List[bytes], List[str]]:
+        entry = self._entries[i]
+        clip = shards.clip_key(entry)
+        at = [entry["record"] + 1 + k for k in positions]
+        where = [f"{self.builder_dir}[{self.split}][{a}]" for a in at]
+        examples = [self.source[a] for a in at]
+        for example, w in zip(examples, where):
+            owner = example["clip"]
+            owner = owner.decode() if isinstance(owner, bytes) else str(owner)
+            if owner != clip:
+                raise shards.ShardError(f"{w}: belongs to clip {owner!r}, the index says "
+                                        f"{clip!r}: the build's index disagrees with its files")
+        return [e["record"] for e in examples], where
 
 
 def open_tfds_clips(builder_dir: str, split: str = "train") -> TfdsClips:

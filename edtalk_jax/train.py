@@ -12,6 +12,7 @@ checkpoint of the broken state.
 """
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -236,7 +237,7 @@ class Run:
         from data_pipeline import targets
         name = self.config.data.targets
         try:
-            targets.load_targets(self.data_dir, name)
+            targets.load_targets(self.data_dir, name, size=self.config.model.size)
             return
         except targets.TargetsError as e:
             if os.path.exists(os.path.join(targets.targets_dir(self.data_dir, name), "targets.json")) \
@@ -247,7 +248,8 @@ class Run:
         if _is_main():
             log.info("computing stage-4 targets %r with the initial generator", name)
             targets.compute_targets(self.data_dir, name, lambda x: jax.device_get(coeff(params, jnp.asarray(x))),
-                                    batch_size=32, progress=self.progress, size=self.config.model.size)
+                                    batch_size=32, progress=self.progress, size=self.config.model.size,
+                                    model=_params_sha256(params))
         _sync("targets")
 
     def _lip_mean(self) -> np.ndarray:
@@ -273,6 +275,17 @@ class Run:
         if _is_main():
             checkpointing.write_config(self.workdir, dict(
                 self.config.to_dict(), resolved_model=_norm(self.model_cfg), data_dir=self.data_dir))
+
+
+def _params_sha256(params) -> str:
+    """"params:" + sha256 of a parameter tree (paths, dtypes, shapes and values): the
+    identity of the generator that computed stage-4 targets."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]:
+        leaf = np.asarray(leaf)
+        h.update(f"{jax.tree_util.keystr(path)}:{leaf.dtype.str}:{leaf.shape};".encode())
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return "params:" + h.hexdigest()
 
 
 def _lip_pose_coefficients(gen, frames):

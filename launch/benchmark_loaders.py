@@ -54,7 +54,8 @@ def _dataset(args) -> tuple[str, str]:
         try:
             targets.load_targets(shards_dir, name)
         except targets.TargetsError:
-            targets.compute_targets(shards_dir, name, _random_generator_coeffs(args.size), progress=False)
+            targets.compute_targets(shards_dir, name, _random_generator_coeffs(args.size), progress=False,
+                                    model=f"random lip_pose, widths / 16, seed 0, {args.size}px")
     return shards_dir, name
 
 
@@ -91,6 +92,51 @@ def measure(cfg, warmup: int, windows: int, window_batches: int) -> dict:
     finally:
         it.close()
     return {"rates": rates, "cores": cores, "skipped": sum(it.stats["skipped"].values())}
+
+
+def bytes_per_sample(cfg, samples: int = 64) -> dict:
+    """Record bytes one sample reads (frame records, format 2), against the bytes of the
+    whole clips it touches (what a format-1 loader read: every clip record it used), over
+    `samples` samples drawn in this process."""
+    from data_pipeline import shards, stages, targets
+
+    store = shards.open_clips(cfg.shards_dir, cfg.split)
+    target_store = targets.load_targets(cfg.shards_dir, cfg.targets) if cfg.stage == 4 else None
+    usable, _ = stages.usable_clips(store, cfg, target_store)
+    sampler = stages.Sampler(store, cfg, usable, target_store)
+    sizes: dict[int, int] = {}
+    touched: set[int] = set()
+    read = store.read_frames
+
+    def counting(i, frames, **kw):
+        touched.add(i)
+        return read(i, frames, **kw)
+
+    store.read_frames = counting
+    frames_read, whole = 0, 0
+    for k in range(samples):
+        touched.clear()
+        before = store.bytes_read
+        sampler((0, int(usable[k % len(usable)])))
+        frames_read += store.bytes_read - before
+        for i in touched:
+            if i not in sizes:
+                sizes[i] = sum(map(len, shards.encode_clip(store.record(i))))
+            whole += sizes[i]
+    store.bytes_read = 0
+    return {"frames": frames_read / samples, "whole_clips": whole / samples}
+
+
+def _bytes_table(stats: dict) -> str:
+    lines = ["Bytes read per sample (64 samples per stage, in-process): the frame records a "
+             "sample reads (format 2) against the whole clip records of the clips it touches "
+             "(what format 1 read).", "",
+             "| stage | bytes/sample (frame records) | bytes/sample (whole clips, format 1) | fewer |",
+             "| --- | --- | --- | --- |"]
+    for stage, b in stats.items():
+        lines.append(f"| {stage} | {b['frames'] / 1e3:.1f} kB | {b['whole_clips'] / 1e6:.2f} MB "
+                     f"| {b['whole_clips'] / b['frames']:.0f}x |")
+    return "\n".join(lines) + "\n"
 
 
 def _table(results: dict, args, command: str, load: tuple[float, float]) -> str:
@@ -169,6 +215,10 @@ def main(argv=None) -> None:
     command = " ".join(["python -m launch.benchmark_loaders", *(argv if argv is not None
                                                                  else sys.argv[1:])])
     table = _table(results, args, command, (load0, os.getloadavg()[0]))
+    read = {s: bytes_per_sample(loaders.LoaderConfig(shards_dir, stage=s, split=None, batch_size=args.batch,
+                                                     image_size=args.size, targets=name, seed=1))
+            for s in sorted({c[0] for c in configs})}
+    table += "\n" + _bytes_table(read)
     print(table)
     if args.doc:
         _update_doc(args.doc, table)

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             manual_dir=args.manual_dir, beam_runner=args.beam_runner,
             beam_options=PipelineOptions(shlex.split(args.beam_options)))
     builder.download_and_prepare(download_config=config)
-    splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+    splits = {name: len(clips) for name, clips in builder.info.metadata["index"].items()}
     print(f"{builder.data_dir}: {splits} clips")
     if builder.report is not None:
         print(f"skipped: {builder.report['skip_reasons']} (details in the dataset's metadata.json)")

@@ -20,7 +20,7 @@ def main(argv=None) -> None:
     parser.add_argument("--clips", type=int, default=4, help="clips per speaker")
     parser.add_argument("--frames", type=int, default=125, help="frames per clip (25 fps)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jpeg_quality", type=int, default=95)
+    parser.add_argument("--jpeg_quality", type=int, default=schema.JPEG_QUALITY)
     parser.add_argument("--emotions", default=",".join(schema.EMOTIONS),
                         help="comma-separated subset of " + ",".join(schema.EMOTIONS))
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")

@@ -38,7 +38,7 @@ def dataset(tmp_path_factory):
     cfg = synthetic.SyntheticConfig(num_speakers=2, clips_per_speaker=2, frames_per_clip=8, size=32, seed=0)
     synthetic.write_dataset(cfg, out, workers=1, progress=False)
     fake = lambda x: {"lip": np.zeros((len(x), 20), np.float32), "pose": np.zeros((len(x), 6), np.float32)}
-    targets.compute_targets(out, "lip_pose", fake, batch_size=16, progress=False)
+    targets.compute_targets(out, "lip_pose", fake, batch_size=16, progress=False, model="test:fake")
     return str(out)
 
 

@@ -13,6 +13,7 @@ import msgpack
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
 
 import data_pipeline
 from data_pipeline import loaders, mouth_swap, schema, shards, stages, synthetic, targets
@@ -28,17 +29,22 @@ def _coeffs(frames):
 
 def _rewrite(src: str, dst: str, edit) -> None:
     """Copies shard `src` to `dst`, passing every clip dict (frames as JPEG bytes) through
-    edit(clip, k) -> clip, or -> raw record dict for deliberately broken records."""
+    edit(clip, k) -> clip, or -> a list of records for deliberately broken clips (then
+    the shard is written without the checks of ShardWriter, and without a sidecar)."""
     reader = shards.open_reader(src)
-    with shards.ShardWriter(dst) as writer:
-        for k in range(reader.num_records()):
-            data = shards.read_record(reader, src, k)
-            out = edit(shards.decode_clip(data, decode_frames=False), k)
-            if "arrays" in out:  # a broken raw record
-                writer.write_encoded(msgpack.packb(out, use_bin_type=True))
-            else:
-                writer.write(out)
+    out = []
+    for k, entry in enumerate(shards.shard_clips(src)):
+        first = entry["record"]
+        records = shards.read_records(reader, src, range(first, first + 1 + entry["num_frames"]))
+        clip = edit(shards.decode_clip(records, decode_frames=False), k)
+        out.append(clip if isinstance(clip, list) else shards.encode_clip(clip))
     reader.close()
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    writer = ArrayRecordWriter(dst, shards.WRITER_OPTIONS)
+    for records in out:
+        for data in records:
+            writer.write(data)
+    writer.close()
 
 
 def _as_hdtf(clip, k):
@@ -51,22 +57,18 @@ def _as_hdtf(clip, k):
     return dict(clip, frames=frames, landmarks=lmk, meta=meta)
 
 
-def _raw(clip) -> dict:
-    arrays = {n: [clip[n].dtype.str, list(clip[n].shape), clip[n].tobytes()] for n in
-              ("mel_windows", "landmarks", "landmark_valid", "audio", "factors")}
-    return {"version": 1, "meta": clip["meta"], "arrays": arrays, "frames": clip["frames"]}
-
-
 def _broken(clip, k):
-    """Clip 0: truncated landmarks (unreadable); 1: frames that are not JPEGs (bad data);
-    2: a one-frame clip (too short for every stage)."""
+    """Clip 0: truncated landmarks (unreadable records); 1: frames that are not JPEGs
+    (corrupt frames); 2: a one-frame clip (too short for every stage)."""
     meta = dict(clip["meta"], speaker="BAD", clip_id=f"BAD#{k}")
     if k == 0:
-        raw = _raw(dict(clip, meta=meta))
-        raw["arrays"]["landmarks"][2] = raw["arrays"]["landmarks"][2][:100]
-        return raw
+        records = shards.encode_clip(dict(clip, meta=meta))
+        for t in range(1, len(records)):
+            frame = msgpack.unpackb(records[t])
+            records[t] = msgpack.packb(dict(frame, landmarks=frame["landmarks"][:100]))
+        return records
     if k == 1:
-        return _raw(dict(clip, meta=meta, frames=[b"\xff\xd8 not a jpeg"] * len(clip["frames"])))
+        return dict(clip, meta=meta, frames=[b"\xff\xd8 not a jpeg"] * len(clip["frames"]))
     one = {n: clip[n][:1] for n in ("mel_windows", "landmarks", "landmark_valid", "factors")}
     return dict(clip, **one, frames=clip["frames"][:1],
                 audio=clip["audio"][:schema.SAMPLES_PER_FRAME], meta=dict(meta, num_frames=1))
@@ -87,7 +89,7 @@ def data(tmp_path_factory):
     s000 = os.path.join(main, "synthetic", "S000" + shards.SHARD_SUFFIX)
     _rewrite(s000, os.path.join(main, "hdtf", "H000" + shards.SHARD_SUFFIX), _as_hdtf)
     _index(main)
-    targets.compute_targets(main, "t", _coeffs, progress=False)
+    targets.compute_targets(main, "t", _coeffs, progress=False, model="test:_coeffs")
     _rewrite(s000, os.path.join(hdtf, "hdtf", "H000" + shards.SHARD_SUFFIX), _as_hdtf)
     _index(hdtf)
     _rewrite(s000, os.path.join(bad, "synthetic", "S000" + shards.SHARD_SUFFIX), lambda c, k: c)
@@ -95,7 +97,7 @@ def data(tmp_path_factory):
              lambda c, k: dict(c, meta=dict(c["meta"], speaker="S001", clip_id=f"S001#{k}")))
     _rewrite(s000, os.path.join(bad, "synthetic", "ZBAD" + shards.SHARD_SUFFIX), _broken)
     _index(bad)
-    targets.compute_targets(bad, "t", _coeffs, progress=False)
+    targets.compute_targets(bad, "t", _coeffs, progress=False, model="test:_coeffs")
     n = data_pipeline.num_clips(main)
     clips = [data_pipeline.read_clip(main, g) for g in range(n)]
     return {"main": main, "bad": bad, "hdtf": hdtf, "clips": clips}
@@ -406,8 +408,102 @@ def test_bad_records_are_counted_skips(data):
     bad = {6, 7}  # ZBAD records 0 (unreadable) and 1 (frames that are not JPEGs)
     samples = [g for batch in it for g in batch["index"]]
     assert len(samples) == 3 * it.batches_per_epoch * 2 and not set(samples) & bad
-    assert it.stats["skipped"]["unreadable"] >= 3 and it.stats["skipped"]["bad_data"] >= 3
+    assert it.stats["skipped"]["unreadable"] >= 3 and it.stats["skipped"]["corrupt_frame"] >= 3
     assert any("ZBAD" in m for m in it.stats["recent_skips"])
+
+
+@pytest.mark.parametrize("stage,records", [(1, 2), (2, 4), (3, 2), (4, 6)])
+def test_a_sample_reads_only_its_frame_records(data, stage, records):
+    """Bytes read per sample: the frame records the sample uses (stage 2: 4 frames of two
+    clips, stage 4: T + 1), not whole clips; the clips here have 8 frames."""
+    cfg = _cfg(data["main"], stage)
+    store = shards.open_clips(data["main"])
+    usable, _ = stages.usable_clips(store, cfg, targets.load_targets(data["main"], "t"))
+    sampler = stages.Sampler(store, cfg, usable, targets.load_targets(data["main"], "t"))
+    frame_bytes = max(len(r) for g in range(len(store))
+                      for r in shards.encode_clip(store.record(g))[1:])
+    clip_bytes = min(sum(map(len, shards.encode_clip(store.record(g)))) for g in range(len(store)))
+    store.bytes_read = 0
+    for k in range(20):
+        sampler((0, int(usable[k % len(usable)])))
+    per_sample = store.bytes_read / 20
+    assert per_sample <= records * frame_bytes
+    assert per_sample >= records * frame_bytes * 0.8  # the frames are read: nothing is cached
+    if stage == 2:
+        assert per_sample < 2 * clip_bytes / 3  # two whole 8-frame clips: 16 frame records
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3, 4])
+def test_the_epoch_changes_each_sample(data, stage):
+    """The per-sample generator is seeded with the epoch: one clip, two epochs, two samples."""
+    cfg = _cfg(data["main"], stage)
+    store = shards.open_clips(data["main"])
+    usable, _ = stages.usable_clips(store, cfg, targets.load_targets(data["main"], "t"))
+    sampler = stages.Sampler(store, cfg, usable, targets.load_targets(data["main"], "t"))
+    key = stages.IMAGE_KEYS[stage][0]
+    for i in usable[:3]:
+        a, b, again = sampler((0, int(i))), sampler((1, int(i))), sampler((0, int(i)))
+        np.testing.assert_array_equal(a[key], again[key])
+        assert not all(np.array_equal(a[k], b[k]) for k in stages.IMAGE_KEYS[stage])
+
+
+def test_a_bug_inside_sampling_fails_loudly(data, monkeypatch):
+    def broken(*args):
+        raise IndexError("a shape bug")
+
+    monkeypatch.setattr(mouth_swap, "swap_mouth", broken)
+    it = loaders.make_loader(_cfg(data["main"], 2, batch_size=2))
+    with pytest.raises(IndexError, match="a shape bug"):
+        next(it)
+
+
+def test_skips_past_the_rate_limit_stop_the_run(data, monkeypatch):
+    monkeypatch.setattr(loaders, "SKIP_ALLOWANCE", 2)
+    it = loaders.make_loader(_cfg(data["bad"], 3, batch_size=2, max_skip_fraction=0.05))
+    with pytest.raises(loaders.LoaderError, match=r"(?s)bad.*of \d+ clips drawn were skipped.*"
+                       r"max_skip_fraction.*the first reasons: .*BAD|ZBAD"):
+        for _ in range(20):
+            next(it)
+
+
+def _undetected(clip, k):
+    """Landmarks NaN (so any use of them is a skip) and landmark_valid False on every
+    other frame of clip 0 and every frame but 0..4 of clip 1; clip 2 has none detected."""
+    valid = np.ones(len(clip["frames"]), bool)
+    valid[{0: slice(1, None, 2), 1: slice(5, None), 2: slice(None)}[k]] = False
+    landmarks = clip["landmarks"].copy()
+    landmarks[~valid] = np.nan
+    return dict(clip, landmarks=landmarks, landmark_valid=valid)
+
+
+def test_mouths_are_placed_only_by_detected_landmarks(data, tmp_path):
+    root = str(tmp_path / "undetected")
+    s000 = os.path.join(data["main"], "synthetic", "S000" + shards.SHARD_SUFFIX)
+    _rewrite(s000, os.path.join(root, "synthetic", "S000" + shards.SHARD_SUFFIX), _undetected)
+    _rewrite(s000, os.path.join(root, "synthetic", "S001" + shards.SHARD_SUFFIX),
+             lambda c, k: dict(c, meta=dict(c["meta"], speaker="S001", clip_id=f"S001#{k}")))
+    _index(root)
+    targets.compute_targets(root, "t", _coeffs, progress=False, model="test:_coeffs")
+    it = loaders.make_loader(_cfg(root, 2, batch_size=2, num_epochs=4))
+    assert it.excluded == {"no_detected_landmarks": 1}
+    assert sum(len(b["index"]) for b in it) == 4 * 5 and it.stats["skipped"] == {}
+    it = loaders.make_loader(_cfg(root, 4, batch_size=1, num_epochs=8, dtype="uint8"))
+    assert it.excluded == {"no_5_frames_with_detected_landmarks": 2}
+    batches = list(it)
+    assert len(batches) == 8 * 4 and it.stats["skipped"] == {}
+    clip1 = data_pipeline.read_clip(root, 1)
+    for b in batches:  # clip 1's only window is its frames 0..4
+        if b["index"][0] == 1:
+            np.testing.assert_array_equal(b["frames"][0], clip1["frames"][:5])
+
+
+def test_loading_leaves_process_settings_alone(data):
+    import cv2
+
+    cv2.setNumThreads(3)
+    it = loaders.make_loader(_cfg(data["main"], 2, batch_size=2))
+    next(it)
+    assert cv2.getNumThreads() == 3
 
 
 def test_stage4_leaves_out_clips_without_targets(data):

@@ -62,6 +62,7 @@ def test_jpeg_round_trip():
 def test_record_round_trip():
     clip = make_clip(t=4, num_factors=3)
     data = shards.encode_clip(clip)
+    assert len(data) == 5  # the header, then one record per frame
     rec = shards.decode_clip(data, decode_frames=False)
     assert rec["frames"] == clip["frames"] and rec["meta"] == clip["meta"]
     for name in ("mel_windows", "landmarks", "landmark_valid", "audio", "factors"):
@@ -71,8 +72,14 @@ def test_record_round_trip():
     assert full["frames"].shape == (4, 32, 32, 3) and full["frames"].dtype == np.uint8
     expected = shards.decode_jpegs(clip["frames"])
     np.testing.assert_array_equal(full["frames"], expected)
-    assert shards.read_meta(data) == clip["meta"]
+    meta, invalid = shards.read_header(data[0])
+    assert meta == clip["meta"] and invalid == np.flatnonzero(~clip["landmark_valid"]).tolist()
     assert shards.decode_clip(shards.encode_clip(make_clip(num_factors=0)))["factors"].shape == (3, 0)
+    # Any subset of frames decodes alone, in the order asked.
+    part = shards.decode_frame_records([data[3], data[1]], clip["meta"], [2, 0])
+    np.testing.assert_array_equal(part["frames"], expected[[2, 0]])
+    np.testing.assert_array_equal(part["audio"], clip["audio"].reshape(4, 640)[[2, 0]])
+    np.testing.assert_array_equal(part["landmark_valid"], clip["landmark_valid"][[2, 0]])
 
 
 def test_encode_validates():
@@ -84,20 +91,25 @@ def test_encode_validates():
 
 def test_decode_rejects_bad_records():
     data = shards.encode_clip(make_clip())
+    meta = make_clip()["meta"]
     with pytest.raises(shards.ShardError, match=r"x\.array_record\[3\]: corrupt record"):
-        shards.decode_clip(data[: len(data) // 2], where="x.array_record[3]")
-    record = msgpack.unpackb(data)
-    record["arrays"]["audio"][0] = "|O"  # an object dtype must never be built
-    with pytest.raises(shards.ShardError, match="not numeric"):
-        shards.decode_clip(msgpack.packb(record))
-    record = msgpack.unpackb(data)
-    record["version"] = 99
+        shards.decode_frame_records([data[1][: len(data[1]) // 2]], meta, [0], where=["x.array_record[3]"])
+    frame = msgpack.unpackb(data[2])
+    with pytest.raises(shards.ShardError, match="holds frame 1 .* expects frame 0"):
+        shards.decode_frame_records([data[2]], meta, [0])  # the index and the shard disagree
     with pytest.raises(shards.ShardError, match="version 99"):
-        shards.decode_clip(msgpack.packb(record))
-    record = msgpack.unpackb(data)
-    record["arrays"]["landmarks"][1] = [3, 68, 3]
-    with pytest.raises(shards.ShardError, match="landmarks"):
-        shards.decode_clip(msgpack.packb(record))
+        shards.decode_frame_records([msgpack.packb({**frame, "version": 99})], meta, [1])
+    with pytest.raises(shards.ShardError, match="landmarks has 100 bytes"):
+        shards.decode_frame_records([msgpack.packb({**frame, "landmarks": b"x" * 100})], meta, [1])
+    with pytest.raises(shards.ShardError, match="not a frame record"):
+        shards.decode_frame_records([data[0]], meta, [0])
+    with pytest.raises(shards.ShardError, match="not a clip header"):
+        shards.read_header(data[1])
+    with pytest.raises(shards.ShardError, match="2 frame records for num_frames=3"):
+        shards.decode_clip(data[:3])
+    old = msgpack.packb({"version": 1, "meta": meta, "arrays": {}, "frames": []})
+    with pytest.raises(shards.ShardError, match="version-1 record.*launch.upgrade_shards"):
+        shards.read_header(old)
 
 
 def test_writer_is_atomic(tmp_path):
@@ -133,10 +145,13 @@ def test_manifest(shard_dir):
     assert json.loads((root / "manifest.json").read_text()) == m
     assert [s["path"] for s in m["shards"]] == ["mead/a.array_record", "mead/b.array_record",
                                                "synthetic.array_record"]
-    assert [s["num_records"] for s in m["shards"]] == [2, 2, 16] and m["num_clips"] == 20
+    # T + 1 records per clip: 3-frame MEAD clips, 2-frame synthetic ones.
+    assert [s["num_records"] for s in m["shards"]] == [8, 8, 48] and m["num_clips"] == 20
     expected = [c["meta"] for c in mead + synth]
     assert [{k: c[k] for k in schema.META_FIELDS} for c in m["clips"]] == expected
-    assert (m["clips"][3]["shard"], m["clips"][3]["record"]) == (1, 1)
+    assert (m["clips"][3]["shard"], m["clips"][3]["record"]) == (1, 4)
+    assert [c["invalid_landmarks"] for c in m["clips"]] == [
+        np.flatnonzero(~c["landmark_valid"]).tolist() for c in mead + synth]
 
 
 def test_manifest_rejects_duplicates_and_missing(tmp_path):
@@ -196,6 +211,15 @@ def test_clip_store(shard_dir):
     assert shards.clip_key(test.record(0)["meta"]) == keys[0]
     clone = pickle.loads(pickle.dumps(store))  # readers are reopened lazily
     assert clone.record(7)["meta"] == store.meta(7)
+    np.testing.assert_array_equal(store.landmark_valid(2), mead[2]["landmark_valid"])
+    # Reading two frames reads two frame records, nothing else.
+    store.bytes_read = 0
+    part = store.read_frames(2, [2, 0])
+    np.testing.assert_array_equal(part["landmarks"], mead[2]["landmarks"][[2, 0]])
+    records = shards.encode_clip(mead[2])
+    assert store.bytes_read == len(records[3]) + len(records[1])
+    with pytest.raises(IndexError, match="frames \\[3\\] of clip 2 with 3 frames"):
+        store.read_frames(2, [3])
 
 
 def _speaker(record):
@@ -235,11 +259,12 @@ def test_corrupt_and_truncated_shards(shard_dir):
         store.record(4)
     with pytest.raises(shards.ShardError, match=r"synthetic\.array_record: not a complete"):
         shards.write_manifest(root)
-    # Damage the payload of the first synthetic record: the chunk hash catches it.
-    start = data.find(b"S000#0")
-    data[start: start + 6] = b"XXXXXX"
+    # Damage the payload of the first frame record (record 1, after clip 4's header): the
+    # chunk hash catches it.
+    start = data.find(b"jpeg")
+    data[start: start + 4] = b"XXXX"
     path.write_bytes(data)
-    with pytest.raises(shards.ShardError, match=r"synthetic\.array_record\[0\]: cannot read"):
+    with pytest.raises(shards.ShardError, match=r"synthetic\.array_record\[1, 2\]: cannot read"):
         shards.ClipStore(root).record(4)
     os.remove(path)
     with pytest.raises(shards.ShardError, match="shard file not found"):
@@ -247,16 +272,19 @@ def test_corrupt_and_truncated_shards(shard_dir):
 
 
 def test_bad_record_names_file_and_index(tmp_path):
-    record = msgpack.unpackb(shards.encode_clip(make_clip(clip_id="bad")))
-    record["frames"][1] = b"\xff\xd8 not really a jpeg"
+    bad = shards.encode_clip(make_clip(clip_id="bad"))
+    frame = msgpack.unpackb(bad[2])
+    frame["jpeg"] = b"\xff\xd8 not really a jpeg"
+    bad[2] = msgpack.packb(frame)
     writer = ArrayRecordWriter(str(tmp_path / "x.array_record"), shards.WRITER_OPTIONS)
-    writer.write(shards.encode_clip(make_clip(clip_id="good")))
-    writer.write(msgpack.packb(record))
+    for data in shards.encode_clip(make_clip(clip_id="good")) + bad:
+        writer.write(data)
     writer.close()
-    shards.write_manifest(tmp_path)  # no sidecar: the metas are read from the records
+    shards.write_manifest(tmp_path)  # no sidecar: the clips are read from the header records
     store = shards.ClipStore(tmp_path)
     assert store.record(1)["meta"]["clip_id"] == "bad"  # frames stay undecoded
-    with pytest.raises(shards.ShardError, match=r"x\.array_record\[1\]: frame 1: not a decodable"):
+    store.read_frames(1, [0, 2])  # the other frames of the clip are fine
+    with pytest.raises(shards.ShardError, match=r"x\.array_record\[6\]: not a decodable"):
         store.clip(1)
     writer = ArrayRecordWriter(str(tmp_path / "y.array_record"), shards.WRITER_OPTIONS)
     writer.write(b"\x93 not msgpack at all")
@@ -265,8 +293,26 @@ def test_bad_record_names_file_and_index(tmp_path):
         shards.write_manifest(tmp_path)
     with pytest.raises(shards.ShardError, match=r"z\.array_record\[0\]: corrupt record"):
         with shards.ShardWriter(tmp_path / "z.array_record") as w:
-            w.write_encoded(b"\x93 not msgpack at all")
+            w.write_encoded([b"\x93 not msgpack at all"])
     assert not os.path.exists(tmp_path / "z.array_record.tmp")
+    with pytest.raises(shards.ShardError, match=r"z\.array_record\[2\]: holds frame 0"):
+        with shards.ShardWriter(tmp_path / "z.array_record") as w:
+            w.write_encoded(bad[:2] + bad[1:3])  # a frame twice: refused before writing
+    # A shard whose last clip lost frame records: refused when indexed without its sidecar.
+    writer = ArrayRecordWriter(str(tmp_path / "y.array_record"), shards.WRITER_OPTIONS)
+    for data in shards.encode_clip(make_clip(clip_id="short"))[:-1]:
+        writer.write(data)
+    writer.close()
+    with pytest.raises(shards.ShardError, match=r"y\.array_record: the last clip claims 1 more"):
+        shards.write_manifest(tmp_path)
+
+
+def test_version_1_directory_names_the_converter(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"format": "edtalk-clip-shards", "version": 1, "num_clips": 0, "shards": [], "clips": []}))
+    with pytest.raises(shards.ShardError, match="version-1 shard directory.*"
+                       "python -m launch.upgrade_shards .* --out NEW_DIR"):
+        shards.ClipStore(tmp_path)
 
 
 def test_package_import_is_light():

@@ -28,6 +28,9 @@ def shards_dir(dataset, tmp_path):
     return path
 
 
+MODEL = "test:_coeffs"
+
+
 def _coeffs(frames):
     """A deterministic per-frame function of the pixels with lip/pose shapes."""
     grid = frames[:, ::8, ::8, 0].reshape(len(frames), -1)
@@ -41,7 +44,7 @@ def _expected(shards_dir, index):
 
 
 def test_compute_and_load(shards_dir):
-    info = targets.compute_targets(shards_dir, "t", _coeffs, batch_size=5, progress=False)
+    info = targets.compute_targets(shards_dir, "t", _coeffs, batch_size=5, progress=False, model=MODEL)
     assert info["complete"] and (info["lip_dim"], info["pose_dim"]) == (20, 6)
     store = targets.load_targets(shards_dir, "t")
     for g in range(data_pipeline.num_clips(shards_dir)):
@@ -62,12 +65,12 @@ def test_resumes_per_shard(shards_dir):
         return _coeffs(frames)
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        targets.compute_targets(shards_dir, "t", failing, batch_size=7, progress=False)
+        targets.compute_targets(shards_dir, "t", failing, batch_size=7, progress=False, model=MODEL)
     with pytest.raises(targets.TargetsError, match="incomplete"):
         targets.load_targets(shards_dir, "t")
     counted = []
     targets.compute_targets(shards_dir, "t", lambda f: counted.append(len(f)) or _coeffs(f),
-                            batch_size=7, progress=False)
+                            batch_size=7, progress=False, model=MODEL)
     assert sum(counted) == 4 * 7  # only the two remaining shards
     lip, _ = targets.load_targets(shards_dir, "t").get(0)
     np.testing.assert_allclose(lip, _expected(shards_dir, 0)["lip"], rtol=1e-5, atol=1e-6)
@@ -79,7 +82,7 @@ def test_missing_targets_name_the_command(shards_dir):
 
 
 def test_stale_manifest_is_refused(shards_dir):
-    targets.compute_targets(shards_dir, "t", _coeffs, progress=False)
+    targets.compute_targets(shards_dir, "t", _coeffs, progress=False, model=MODEL)
     manifest = shards.load_manifest(shards_dir)
     manifest["clips"] = manifest["clips"][::-1]  # another indexing of the clips
     with open(os.path.join(shards_dir, shards.MANIFEST), "w") as f:
@@ -87,7 +90,7 @@ def test_stale_manifest_is_refused(shards_dir):
     with pytest.raises(targets.TargetsError, match="stale"):
         targets.load_targets(shards_dir, "t")
     with pytest.raises(targets.TargetsError, match="manifest_sha256"):
-        targets.compute_targets(shards_dir, "t", _coeffs, progress=False)  # no silent mixing
+        targets.compute_targets(shards_dir, "t", _coeffs, progress=False, model=MODEL)  # no mixing
 
 
 def test_checkpoint_mismatch_is_refused(shards_dir, tmp_path):
@@ -100,6 +103,58 @@ def test_checkpoint_mismatch_is_refused(shards_dir, tmp_path):
         targets.load_targets(shards_dir, "t", checkpoint=ckpt_b)
     with pytest.raises(targets.TargetsError, match="checkpoint_sha256"):
         targets.compute_targets(shards_dir, "t", _coeffs, progress=False, checkpoint=ckpt_b)
+
+
+def test_model_and_size_key_the_targets(shards_dir):
+    with pytest.raises(ValueError, match="name the model"):
+        targets.compute_targets(shards_dir, "t", _coeffs, progress=False)
+    calls = []
+
+    def interrupted(frames):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("interrupted")
+        return _coeffs(frames)
+
+    with pytest.raises(RuntimeError):
+        targets.compute_targets(shards_dir, "t", interrupted, batch_size=14, progress=False,
+                                model="A", size=32)
+    # Resuming with another model or another frame size would mix two kinds of rows.
+    with pytest.raises(targets.TargetsError, match="model"):
+        targets.compute_targets(shards_dir, "t", _coeffs, progress=False, model="B", size=32)
+    with pytest.raises(targets.TargetsError, match="size"):
+        targets.compute_targets(shards_dir, "t", _coeffs, progress=False, model="A", size=64)
+    targets.compute_targets(shards_dir, "t", _coeffs, progress=False, model="A", size=32)
+    targets.load_targets(shards_dir, "t", size=32)
+    with pytest.raises(targets.TargetsError, match="32px frames, this model takes 64px"):
+        targets.load_targets(shards_dir, "t", size=64)
+
+
+def test_cli_targets_equal_an_independent_computation(shards_dir, parity_dir):
+    """launch.compute_targets with a real lip-pose checkpoint (official layout) against
+    frames decoded here (cv2 from the records) through the generator's encoder and heads."""
+    import cv2
+    from edtalk_jax import model_io
+    from edtalk_jax.models import build_model
+    from launch import compute_targets
+
+    pt = str(parity_dir / "edtalk_lip_pose_s64_w8_seed0.pt")
+    compute_targets.main(["--shards", str(shards_dir), "--checkpoint", pt, "--name", "cli",
+                          "--batch", "8"])
+    stored = targets.load_targets(shards_dir, "cli", checkpoint=pt, size=64)
+    kind, cfg, variables = model_io.load_any(pt)
+    model = build_model(kind, cfg)
+    store = shards.ClipStore(shards_dir)
+    for g in (0, len(store) - 1):
+        rgb = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR),
+                                     cv2.COLOR_BGR2RGB) for j in store.record(g)["frames"]])
+        x = jax.numpy.asarray(rgb.astype(np.float32) / 127.5 - 1)
+        want = model.apply(variables, x, method=lambda m, x: m.coefficients(
+            m.encode(x)["latent"], parts=("lip", "pose")))
+        lip, pose = stored.get(g)
+        np.testing.assert_allclose(lip, want["lip"], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(pose, want["pose"], rtol=1e-4, atol=1e-5)
+        assert np.abs(np.diff(lip, axis=0)).max() > 1e-4  # frames differ: rows are not one frame's
 
 
 def test_checkpoint_hash_covers_directories(tmp_path):

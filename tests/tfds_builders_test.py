@@ -62,11 +62,20 @@ def test_folder_builder_local_pool_matches_run_local(samples_dir, tmp_path):
     assert len(built) == report["clips_written"]
     _assert_same(built, local)
 
-    # Scalar features for inspection, readable by tfds.data_source without the builder code.
+    # One example per record, readable by tfds.data_source without the builder code: a
+    # clip's header, then its frames, at the position the index names.
     raw_source = tfds.data_source("folder_clips", data_dir=str(tmp_path / "tfds"), split="train")
-    example = raw_source[0]
-    assert example["num_frames"] == shards.read_meta(example["clip"])["num_frames"]
     source = pickle.loads(pickle.dumps(tfds_builders.open_tfds_clips(builder.data_dir, "train")))
+    entry = builder.info.metadata["index"]["train"][1]
+    header = raw_source[entry["record"]]
+    assert header["t"] == 0 and shards.read_meta(header["record"]) == source.meta(1)
+    assert raw_source[entry["record"] + 3]["t"] == 3
+    assert len(raw_source) == sum(1 + source.num_frames(i) for i in range(len(source)))
+    # Metadata without reading; a frame read reads that frame's record only.
+    assert source.indices_by("speaker") and source.bytes_read == 0
+    part = source.read_frames(1, [2])
+    assert source.bytes_read == len(raw_source[entry["record"] + 3]["record"])
+    np.testing.assert_array_equal(part["landmarks"][0], source.clip(1)["landmarks"][2])
     clip = source.clip(0)
     assert clip["frames"].shape[1:] == (64, 64, 3) and clip["frames"].dtype == np.uint8
     groups = source.indices_by("speaker")
@@ -114,10 +123,10 @@ def test_build_tfds_cli_leaves_out_a_split_emptied_by_skips(samples_dir, tmp_pat
     video_io.write_video(tmp_path / "raw" / "zz.mp4", noise, audio=np.zeros(16000, np.float32))
     rc = build_tfds.main(["--dataset", "folder", "--manual-dir", str(tmp_path / "raw"), "--data-dir",
                           str(tmp_path / "tfds"), "--size", "64", "--clip-seconds", "0.8",
-                          "--test-speakers", "zz"])
+                          "--test-speakers", "zz", "--max-failure-rate", "1"])
     out = capsys.readouterr().out
     assert rc == 0 and "{'train': 1}" in out and "'no face': 1" in out
-    builder_dir = tmp_path / "tfds" / "folder_clips" / "1.0.0"
+    builder_dir = tmp_path / "tfds" / "folder_clips" / "2.0.0"
     source = tfds_builders.open_tfds_clips(builder_dir, "train")
     assert len(source) == 1 and source.meta(0)["clip_id"] == "solo#1" and source.meta(0)["size"] == 64
     metadata = json.loads((builder_dir / "metadata.json").read_text())
