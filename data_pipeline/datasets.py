@@ -5,7 +5,9 @@ Layouts:
           <root>/<actor>/audio/<emotion>/level_<k>/<nnn>.m4a; or the official flattened
           <dir>/<actor>#<emotion>#level_<k>#<nnn>.mp4 (e.g. MEAD_front/Original_video),
           audio at <dir>/../audio/<name>.{wav,m4a} when present.
-  hdtf    <root>/*.mp4 (e.g. WDA_BarackObama_000.mp4); speaker = the video id.
+  hdtf    <root>/*.mp4 (e.g. WDA_BarackObama_000.mp4); speaker = the person
+          (`hdtf_person`: WDA_BarackObama_000 and _001 are one speaker), so splits by
+          speaker hold a person out entirely.
   folder  any video files under <root> (recursive); speaker = the file stem or its
           parent folder's name.
 `audio_dir` overrides where separate audio is looked up (<audio_dir>/<stem>.<ext>);
@@ -30,6 +32,8 @@ from data_pipeline.video_io import VIDEO_EXTENSIONS, display_path
 AUDIO_EXTENSIONS = (".wav", ".m4a", ".aac", ".mp3", ".flac")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._#=+-]")
 _MEAD_NAME = re.compile(r"^([A-Za-z]\d+)#([a-z]+)#level_(\d+)#(\d+)$")
+_HDTF_ADDRESS = re.compile(r"^(W[DR]A_[A-Za-z]+?)\d*_\d+$")  # WDA_/WRA_<Name>[<series>]_<nnn>
+_HDTF_RADIO = re.compile(r"^(RD_Radio\d+)_\d+$")  # RD_Radio<channel>_<nnn>
 
 
 def safe_key(name: str) -> str:
@@ -83,16 +87,35 @@ def folder_items(root: str, dataset: str = "folder", speaker_from: str = "stem",
     return items
 
 
+def hdtf_person(video_id: str) -> Optional[str]:
+    """The person of an HDTF video id, None for an id of another form.
+
+    Weekly addresses name the person, the digits after the name number that person's
+    series and the last field the video: WDA_BarackObama_000, _001 -> WDA_BarackObama;
+    WRA_KristiNoem0_000, WRA_KristiNoem2_001 -> WRA_KristiNoem. Radio ids keep their
+    number, the channel: RD_Radio34_000 ... _009 -> RD_Radio34 (spec 7.9: one speaker)."""
+    match = _HDTF_ADDRESS.match(video_id) or _HDTF_RADIO.match(video_id)
+    return match.group(1) if match else None
+
+
 def hdtf_items(root: str, audio_dir: Optional[str] = None) -> List[VideoItem]:
-    """HDTF raw videos <root>/*.mp4; speaker = key = the video id."""
+    """HDTF raw videos <root>/*.mp4; key = the video id, speaker = its person
+    (`hdtf_person`; the video id, with a counted warning, for ids of another form)."""
     root = os.fsdecode(root)
     rels = [r for r in _videos(root) if os.sep not in r]
-    items = []
+    items, unnamed = [], []
     for rel in rels:
         stem = os.path.splitext(rel)[0]
         key = safe_key(stem)
-        items.append(VideoItem(path=os.path.join(root, rel), key=key, dataset="hdtf", speaker=key,
+        person = hdtf_person(stem)
+        if person is None:
+            unnamed.append(display_path(rel))
+        items.append(VideoItem(path=os.path.join(root, rel), key=key, dataset="hdtf", speaker=person or key,
                                audio_path=_find_audio(audio_dir, stem), source=display_path(rel)))
+    if unnamed:
+        logging.warning("%s: %d HDTF videos are not named <WDA|WRA>_<Name>[k]_<nnn> or RD_Radio<n>_<nnn> "
+                        "(e.g. %s): their speaker is the video id, so one person's videos may land "
+                        "in both splits", display_path(root), len(unnamed), unnamed[0])
     return items
 
 

@@ -99,10 +99,21 @@ def detect(gray: np.ndarray, detector: str = "dlib") -> np.ndarray:
     return out[np.argsort(-area(out), kind="stable")]
 
 
+def face_points(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Detector boxes (N, 4) -> their 68 landmarks (N, 68, 2)."""
+    out = [landmarks(gray, box) for box in np.asarray(boxes, np.float32).reshape(-1, 4)]
+    return np.float32(out).reshape(-1, 68, 2)
+
+
+def points_boxes(points: np.ndarray) -> np.ndarray:
+    """Landmarks (N, 68, 2) -> their bounding boxes (N, 4): the face boxes."""
+    points = np.asarray(points, np.float32).reshape(-1, 68, 2)
+    return np.concatenate([points.min(1), points.max(1)], axis=1)
+
+
 def face_boxes(gray: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """Detector boxes (N, 4) -> the bounding boxes of their 68 landmarks (N, 4)."""
-    out = [landmarks(gray, box) for box in np.asarray(boxes, np.float32).reshape(-1, 4)]
-    return np.float32([np.concatenate([p.min(0), p.max(0)]) for p in out]).reshape(-1, 4)
+    return points_boxes(face_points(gray, boxes))
 
 
 def predictor_box(face_box: np.ndarray) -> np.ndarray:
@@ -132,10 +143,12 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 
 @dataclasses.dataclass
 class Tube:
-    """One face tracked over keyframes: hits[k] = detection box at output frame k."""
+    """One face tracked over keyframes: hits[k] = detection box at output frame k;
+    descriptors[k] = its face descriptor at some of them (data_pipeline.identity)."""
 
     first_box: np.ndarray
     hits: Dict[int, np.ndarray]
+    descriptors: Dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def start(self) -> int:
@@ -156,37 +169,63 @@ class Tube:
         """Persistence times size: the face to keep when several are present."""
         return float(area(np.stack(list(self.hits.values()))).sum())
 
+    def before(self, end: int) -> Optional["Tube"]:
+        """The tube's hits (and descriptors) at frames < end; None when there is none."""
+        hits = {k: b for k, b in self.hits.items() if k < end}
+        if not hits:
+            return None
+        return Tube(first_box=self.first_box, hits=hits,
+                    descriptors={k: d for k, d in self.descriptors.items() if k < end})
+
+
+class Tracker:
+    """FOMM tube tracking, online: `update` with each keyframe's boxes, in order.
+
+    A box joins the open tube whose initial box it overlaps most (IoU > iou_threshold);
+    a tube whose face is missed for more than max_gap frames is closed."""
+
+    def __init__(self, iou_threshold: float = 0.25, max_gap: int = 15):
+        self.iou_threshold, self.max_gap = iou_threshold, max_gap
+        self.open: List[Tube] = []
+        self.closed: List[Tube] = []
+
+    def update(self, k: int, boxes: np.ndarray) -> Tuple[List[Tube], List[Tube]]:
+        """(the tube each box joined or started, the tubes closed at keyframe k)."""
+        still_open, closed = [], []
+        for tube in self.open:
+            (closed if k - tube.end - 1 > self.max_gap else still_open).append(tube)
+        self.open = still_open
+        self.closed += closed
+        pairs = sorted(
+            ((iou(t.first_box, b), ti, bi) for ti, t in enumerate(self.open) for bi, b in enumerate(boxes)),
+            reverse=True,
+        )
+        of: Dict[int, Tube] = {}
+        matched = set()
+        for score, ti, bi in pairs:
+            if score <= self.iou_threshold or ti in matched or bi in of:
+                continue
+            self.open[ti].hits[k] = boxes[bi]
+            matched.add(ti)
+            of[bi] = self.open[ti]
+        for bi, b in enumerate(boxes):
+            if bi not in of:
+                of[bi] = Tube(first_box=b, hits={k: b})
+                self.open.append(of[bi])
+        return [of[bi] for bi in range(len(boxes))], closed
+
+    def tubes(self) -> List[Tube]:
+        return sorted(self.closed + self.open, key=lambda t: t.start)
+
 
 def track(
     detections: Sequence[Tuple[int, np.ndarray]], iou_threshold: float = 0.25, max_gap: int = 15
 ) -> List[Tube]:
-    """FOMM tube tracking over keyframes [(k, boxes)], sorted by k.
-
-    A tube whose face is missed for more than max_gap frames is closed.
-    """
-    open_tubes: List[Tube] = []
-    closed: List[Tube] = []
+    """FOMM tube tracking over keyframes [(k, boxes)], sorted by k (see `Tracker`)."""
+    tracker = Tracker(iou_threshold, max_gap)
     for k, boxes in detections:
-        still_open = []
-        for tube in open_tubes:
-            (closed if k - tube.end - 1 > max_gap else still_open).append(tube)
-        open_tubes = still_open
-        taken = set()
-        pairs = sorted(
-            ((iou(t.first_box, b), ti, bi) for ti, t in enumerate(open_tubes) for bi, b in enumerate(boxes)),
-            reverse=True,
-        )
-        matched = set()
-        for score, ti, bi in pairs:
-            if score <= iou_threshold or ti in matched or bi in taken:
-                continue
-            open_tubes[ti].hits[k] = boxes[bi]
-            matched.add(ti)
-            taken.add(bi)
-        for bi, b in enumerate(boxes):
-            if bi not in taken:
-                open_tubes.append(Tube(first_box=b, hits={k: b}))
-    return sorted(closed + open_tubes, key=lambda t: t.start)
+        tracker.update(k, boxes)
+    return tracker.tubes()
 
 
 def select(tubes: Sequence[Tube], min_frames: int) -> Tuple[List[Tube], int]:

@@ -7,7 +7,10 @@
      on grayscale frames downscaled to `detect_max_side` (boxes refined to their
      landmarks' bounding boxes, see data_pipeline.faces), track FOMM tubes, keep one
      face at a time (the largest/most persistent) and cut where it is lost for longer
-     than `max_landmark_gap` frames;
+     than `max_landmark_gap` frames; with the identity check (`identity_seconds`), each
+     track is described with dlib's face descriptor along the way and split where the
+     person changes, and clips of other people than the video's main person get
+     speaker labels of their own (data_pipeline.identity);
   3. pass 2: decode again, crop each kept frame to a square around the union of the
      face boxes over its clip (`crop_span="clip"`) or over the whole track ("tube", as
      FOMM and the official scripts; on long videos the head's wanderings make the face
@@ -15,8 +18,9 @@
      linearly interpolated, landmark_valid=False), JPEG;
   4. cut each face segment into clips of `clip_seconds` (a shorter last one kept when at
      least `min_clip_seconds`), each with its own audio (T * 640 samples) and mel windows.
-Two decoding passes keep memory bounded (pass 1 keeps only boxes, pass 2 one clip of
-JPEGs): a 20-minute video streams. Bad input never raises: it becomes a skip with a
+Two decoding passes keep memory bounded (pass 1 keeps boxes, a descriptor per track
+and `identity_seconds`, and the small frames of the last `identity_seconds`; pass 2 one
+clip of JPEGs): a 20-minute video streams. Bad input never raises: it becomes a skip with a
 reason "<kind>: <details>" in `ProcessResult.skipped`.
 
 `run_local` runs `process` over a process pool, one shard per video, resumable.
@@ -38,7 +42,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from data_pipeline import audio, faces, schema, video_io
+from data_pipeline import audio, faces, identity, schema, video_io
 from data_pipeline.schema import FPS, SAMPLES_PER_FRAME
 
 
@@ -73,6 +77,8 @@ class PreprocessOptions:
     short_audio: str = "trim"  # audio shorter than video: "trim" the frames, or "skip"
     allow_silent: bool = False  # videos without audio: silent clips instead of a skip
     max_seconds: Optional[float] = None  # only the first seconds of each video (quick runs)
+    identity_seconds: Optional[float] = 1.0  # describe each face track this often (None: no identity check)
+    identity_threshold: float = identity.THRESHOLD  # descriptor distance: different people above it
 
     def validate(self) -> "PreprocessOptions":
         if self.detector not in ("dlib", "haar", "auto"):
@@ -87,6 +93,10 @@ class PreprocessOptions:
             raise ValueError("need detect_stride >= 1 and max_landmark_gap >= detect_stride - 1")
         if not 0 < self.min_clip_seconds <= self.clip_seconds:
             raise ValueError("need 0 < min_clip_seconds <= clip_seconds")
+        if self.identity_seconds is not None and not self.identity_seconds > 0:
+            raise ValueError(f"identity_seconds={self.identity_seconds}: expected > 0 or None (no check)")
+        if not self.identity_threshold > 0:
+            raise ValueError(f"identity_threshold={self.identity_threshold}: expected > 0")
         if self.size < 16 or not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"size={self.size} (>= 16) or jpeg_quality={self.jpeg_quality} (1..100)")
         return self
@@ -98,6 +108,11 @@ class PreprocessOptions:
     @property
     def min_clip_frames(self) -> int:
         return max(1, int(round(self.min_clip_seconds * FPS)))
+
+    @property
+    def identity_frames(self) -> int:
+        """Frames between two descriptors of a face track (at least one keyframe)."""
+        return max(self.detect_stride, int(round(self.identity_seconds * FPS)))
 
 
 @dataclasses.dataclass
@@ -182,17 +197,8 @@ def _clips(item, options, result, timer) -> Iterator[dict]:
     stats.update(width=info.width, height=info.height, source_fps=round(info.fps, 3))
     wav = _load_audio(item, info, options, timer)
 
-    # Pass 1: keyframe detections on small grayscale frames.
-    scale = min(1.0, options.detect_max_side / max(info.width, info.height))
-    small = (max(1, round(info.width * scale)), max(1, round(info.height * scale)))
-    stream = video_io.FrameStream(item.path, stride=options.detect_stride, size=small, gray=True,
-                                  max_seconds=options.max_seconds)
-    detections = []
-    for k, gray in timer.iterate("decode", stream):
-        with timer("detect"):
-            boxes = faces.face_boxes(gray, faces.detect(gray, options.detector))
-        detections.append((k, boxes * np.float32([info.width / small[0], info.height / small[1]] * 2)))
-    num_frames = stream.num_frames
+    # Pass 1: keyframe detections on small frames, tracked (and described) as they come.
+    tubes, num_frames = _track_faces(item, info, options, timer, stats)
     stats["frames"] = num_frames
     usable = num_frames
     if wav is not None:
@@ -205,14 +211,16 @@ def _clips(item, options, result, timer) -> Iterator[dict]:
             result.skipped.append((span, why + ": frames after the audio dropped"))
             usable = audio_frames
 
-    # Tubes -> one face at a time -> segments.
-    tubes = faces.track([(k, b) for k, b in detections if k < usable], options.iou_threshold,
-                        options.max_landmark_gap)
+    # Tubes -> one person per tube -> one face at a time -> segments.
+    tubes = [t for t in (t.before(usable) for t in tubes) if t is not None]
+    if options.identity_seconds is not None:
+        whole = len(tubes)
+        tubes = [part for t in tubes for part in identity.split(t, options.identity_threshold)]
+        stats["identity_cuts"] = len(tubes) - whole
     kept, num_faces = faces.select(tubes, options.min_clip_frames)
-    stats.update(faces=num_faces, tubes=len(tubes), keyframes=len(detections),
-                 detections=sum(len(b) for _, b in detections))
-    if not any(len(b) for _, b in detections):
-        raise _Skip(f"no face: none detected in {len(detections)} keyframes")
+    stats.update(faces=num_faces, tubes=len(tubes))
+    if not stats["detections"]:
+        raise _Skip(f"no face: none detected in {stats['keyframes']} keyframes")
     if num_faces > 1:
         if options.multi_face == "skip":
             raise _Skip(f"several faces: {num_faces} at the same time")
@@ -220,7 +228,8 @@ def _clips(item, options, result, timer) -> Iterator[dict]:
                          "one (see crops: x0, y0, side of each clip)")
     if not kept:
         raise _Skip(f"too short: no face track of at least {options.min_clip_seconds:g} s")
-    plans = [_Plan(t, info, options) for t in kept]
+    speakers = _speakers(item, kept, options, stats)
+    plans = [_Plan(t, info, options, speaker) for t, speaker in zip(kept, speakers)]
     stats["crops"] = [[c.x0, c.y0, c.side] for p in plans for c in p.crops]
     for plan in plans:
         for a, b in plan.dropped:
@@ -244,12 +253,64 @@ def _clips(item, options, result, timer) -> Iterator[dict]:
     stats["landmarks_interpolated"] = sum(p.interpolated for p in plans)
 
 
-class _Plan:
-    """One kept face tube: its clip ranges and their crops, per-frame boxes, and the
-    landmark rows so far (in source pixels, so a gap may span clips with other crops)."""
+def _track_faces(item, info, options, timer, stats) -> Tuple[List[faces.Tube], int]:
+    """Pass 1: (every face tube, with descriptors under the identity check; the number of
+    output frames). Adds keyframes, detections and descriptors to `stats`."""
+    scale = min(1.0, options.detect_max_side / max(info.width, info.height))
+    small = (max(1, round(info.width * scale)), max(1, round(info.height * scale)))
+    to_source = np.float32([info.width / small[0], info.height / small[1]] * 2)
+    describer = None
+    if options.identity_seconds is not None:  # descriptors need colour: decode RGB
+        describer = identity.Describer(options.identity_frames, options.identity_threshold)
+    stream = video_io.FrameStream(item.path, stride=options.detect_stride, size=small,
+                                  gray=describer is None, max_seconds=options.max_seconds)
+    tracker = faces.Tracker(options.iou_threshold, options.max_landmark_gap)
+    keyframes = detections = 0
+    for k, frame in timer.iterate("decode", stream):
+        gray = frame if describer is None else cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        with timer("detect"):
+            points = faces.face_points(gray, faces.detect(gray, options.detector))
+        found, closed = tracker.update(k, faces.points_boxes(points) * to_source)
+        keyframes, detections = keyframes + 1, detections + len(points)
+        if describer is not None:
+            with timer("identity"):
+                describer.close(closed)
+                describer.add(k, frame, list(zip(found, points)))
+    if describer is not None:
+        with timer("identity"):
+            describer.close(tracker.open)
+        stats["descriptors"] = describer.count
+    stats.update(keyframes=keyframes, detections=detections)
+    return tracker.tubes(), stream.num_frames
 
-    def __init__(self, tube: faces.Tube, info: video_io.VideoInfo, options: PreprocessOptions):
-        self.options = options
+
+def _speakers(item, kept: List[faces.Tube], options, stats) -> List[str]:
+    """The speaker label of each kept tube: the item's for the video's main person (the
+    most frames), "<speaker>+<key>.<n>" for the n-th other person (identity.people,
+    identity.speaker_label); the item's for all without the identity check. Each
+    person's frames and mean descriptor go to stats["persons"] (cross-video checks)."""
+    if options.identity_seconds is None:
+        return [item.speaker] * len(kept)
+    person = identity.people(kept, options.identity_threshold)
+    labels = [identity.speaker_label(item.speaker, item.key, p) for p in person]
+    stats["persons"] = []
+    for p in range(max(person) + 1):
+        tubes = [t for t, q in zip(kept, person) if q == p]
+        described = [d for t in tubes for d in t.descriptors.values()]
+        mean = np.mean(described, 0).round(4).tolist() if described else None
+        stats["persons"].append({"speaker": labels[person.index(p)], "frames": sum(t.num_frames for t in tubes),
+                                 "descriptors": len(described), "descriptor": mean})
+    return labels
+
+
+class _Plan:
+    """One kept face tube: its speaker label, clip ranges and their crops, per-frame
+    boxes, and the landmark rows so far (in source pixels, so a gap may span clips with
+    other crops)."""
+
+    def __init__(self, tube: faces.Tube, info: video_io.VideoInfo, options: PreprocessOptions,
+                 speaker: str):
+        self.options, self.speaker = options, speaker
         self.boxes = faces.box_schedule(tube, options.detect_stride)
         self.start, self.end = tube.start, tube.end
         self.step = step = options.clip_frames
@@ -349,7 +410,7 @@ def _make_clip(item, options, plan: _Plan, i: int, a: int, b: int, wav, timer, s
         "audio": audio.wav_to_int16(pcm),
         "factors": np.zeros((t, 0), np.float32),
         "meta": schema.make_meta(
-            dataset=item.dataset, speaker=item.speaker, clip_id=f"{item.key}#{stats['clips']}",
+            dataset=item.dataset, speaker=plan.speaker, clip_id=f"{item.key}#{stats['clips']}",
             emotion=item.emotion, level=item.level, fps=float(FPS),
             source=f"{item.source}@{a / FPS:.2f}-{b / FPS:.2f}", num_frames=t, size=options.size,
             factor_names=""),

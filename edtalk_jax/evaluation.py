@@ -80,7 +80,6 @@ PSNR_CAP = 100.0
 MOUTH = slice(48, 68)
 LPIPS_BATCH = 8
 LPIPS_HEADS = (64, 128, 256, 512, 512)  # channels of VGG16 relu1_2 ... relu5_3
-FACE_DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 
 
 class EvaluationError(ValueError):
@@ -211,34 +210,15 @@ def landmark_distances(pred_points: np.ndarray, ref_points: np.ndarray,
     return {"m_lmd": float(dist[:, MOUTH].mean()), "f_lmd": float(dist.mean())}, int((~both).sum())
 
 
-def face_descriptor_path() -> str:
-    """dlib's face recognition ResNet, beside the 68-point model in face_recognition_models."""
-    from data_pipeline import faces
-
-    path = os.path.join(os.path.dirname(faces.predictor_path()), FACE_DESCRIPTOR_MODEL)
-    if not os.path.exists(path):
-        raise faces.FaceError(f"dlib face recognition model missing: {path}")
-    return path
-
-
-@functools.lru_cache(maxsize=None)
-def _face_encoder():
-    import dlib
-
-    return dlib.face_recognition_model_v1(face_descriptor_path())
-
-
 def face_descriptors(frames: np.ndarray, track: FaceTrack, progress: bool = False,
                      desc: str = "identity") -> np.ndarray:
-    """(T, 128) dlib face descriptors of the tracked faces; NaN rows where there is none."""
-    import dlib
+    """(T, 128) dlib face descriptors (data_pipeline.identity) of the tracked faces; NaN
+    rows where there is none."""
+    from data_pipeline import identity
 
     out = np.full((len(frames), 128), np.nan, np.float64)
     for t in _progress(np.flatnonzero(track.found), progress, desc):
-        x0, y0, x1, y1 = (int(round(float(v))) for v in track.boxes[t])
-        shape = dlib.full_object_detection(dlib.rectangle(x0, y0, x1 - 1, y1 - 1),
-                                           [dlib.point(int(x), int(y)) for x, y in track.points[t]])
-        out[t] = _face_encoder().compute_face_descriptor(np.ascontiguousarray(frames[t]), shape)
+        out[t] = identity.descriptor(frames[t], track.points[t])
     return out
 
 

@@ -4,7 +4,8 @@
       [--size 256] [--workers N] [--clip-seconds 5] [--min-clip-seconds 1] [--jpeg-quality 75] \
       [--detector dlib|haar|auto] [--detect-stride 5] [--enlargement 0.1] [--crop-span clip|tube] \
       [--max-landmark-gap 15] [--multi-face largest|skip] [--short-audio trim|skip] \
-      [--allow-silent] [--max-seconds S] [--speaker-from stem|parent] [--audio-dir DIR]
+      [--allow-silent] [--max-seconds S] [--identity-seconds 1|off] [--identity-threshold 0.5] \
+      [--speaker-from stem|parent] [--audio-dir DIR] [--hdtf-test IDS]
 
 Re-running with the same output directory resumes: finished videos are not redone.
 Writes DIR/shards/<key>.array_record, DIR/shards/manifest.json, DIR/shards/splits/ and
@@ -22,6 +23,10 @@ def flag(parser, name, **kwargs):
     """Adds --name; --clip-seconds is also accepted as --clip_seconds."""
     names = dict.fromkeys(["--" + name, "--" + name.replace("-", "_")])
     parser.add_argument(*names, **kwargs)
+
+
+def _seconds_or_off(value: str):
+    return None if value == "off" else float(value)
 
 
 def add_option_flags(p: argparse.ArgumentParser) -> None:
@@ -46,6 +51,11 @@ def add_option_flags(p: argparse.ArgumentParser) -> None:
     flag(p, "short-audio", default=d.short_audio, choices=("trim", "skip"))
     flag(p, "allow-silent", action="store_true", help="silent clips for videos without audio")
     flag(p, "max-seconds", type=float, default=None, help="only the first seconds of each video")
+    flag(p, "identity-seconds", type=_seconds_or_off, default=d.identity_seconds,
+         help="seconds between face descriptors along a track, to split it where the person "
+              "changes and label other people apart; off: no identity check")
+    flag(p, "identity-threshold", type=float, default=d.identity_threshold,
+         help="face descriptor distance above which two faces are different people")
     flag(p, "speaker-from", default="stem", choices=("stem", "parent"), help="folder dataset")
     flag(p, "folder-name", default="folder", help="dataset name of a folder dataset")
     flag(p, "audio-dir", default=None, help="separate audio files <stem>.<ext>")
@@ -73,7 +83,9 @@ def parse(argv=None) -> argparse.Namespace:
     flag(p, "input", required=True, help="a video file or a dataset root")
     flag(p, "output", required=True, help="output directory")
     add_option_flags(p)
-    flag(p, "hdtf-test", default="", help="comma-separated HDTF ids held out (default: hash rule)")
+    flag(p, "hdtf-test", default="",
+         help="comma-separated HDTF video ids or persons held out; a person is held out with all "
+              "its videos (WDA_BarackObama_001 holds out WDA_BarackObama; default: hash rule)")
     flag(p, "other-split", default="by_speaker_hash", choices=("train", "test", "by_speaker_hash"),
          help="split rule of folder datasets")
     flag(p, "quiet", action="store_true", help="no progress bar")
@@ -96,7 +108,8 @@ def main(argv=None) -> int:
     if not items:
         print(f"error: no videos found in {args.input} ({args.dataset} layout)", file=sys.stderr)
         return 1
-    splits = {"other": args.other_split, "hdtf_test": [s for s in args.hdtf_test.split(",") if s] or None}
+    hdtf_test = sorted({datasets.hdtf_person(s) or s for s in args.hdtf_test.split(",") if s}) or None
+    splits = {"other": args.other_split, "hdtf_test": hdtf_test}
     report = preprocess.run_local(items, args.output, options, workers=args.workers,
                                   progress=not args.quiet, splits=splits)
     minutes = report["video_seconds"] / 60

@@ -1,8 +1,10 @@
 """preprocess + datasets + launch.preprocess: real and generated videos -> clips, skips, resume."""
 
+import collections
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import soundfile
 
 from data_pipeline import audio, datasets, faces, preprocess, schema, shards, video_io
 from data_pipeline.preprocess import PreprocessOptions, VideoItem
+from launch import preprocess as launch_preprocess
 
 FAST = PreprocessOptions(size=96, clip_seconds=1.0, min_clip_seconds=0.4)
 
@@ -188,6 +191,73 @@ def test_several_faces_keep_the_largest_or_skip(media):
     assert not result.clips and result.skipped == [("two", "several faces: 2 at the same time")]
 
 
+def _span(clip):
+    """(first frame, end frame) of a clip in its source video, from meta["source"]."""
+    a, b = clip["meta"]["source"].split("@")[1].split("-")
+    return int(round(float(a) * 25)), int(round(float(b) * 25))
+
+
+@pytest.fixture(scope="module")
+def cut_video(samples_dir, tmp_path_factory):
+    """An interview-like edit: person A (mouth_source) 1.2 s, person B (pose_source1) 1.2 s
+    at the same place in the frame, then A again (4 s later in its video), with speech."""
+    def frames(name, start, n):
+        stream = video_io.FrameStream(samples_dir / name, max_seconds=(start + n) / 25)
+        return np.stack([rgb for k, rgb in stream if k >= start])
+
+    video = np.concatenate([frames("mouth_source.mp4", 0, 30), frames("pose_source1.mp4", 0, 30),
+                            frames("mouth_source.mp4", 100, 30)])
+    path = tmp_path_factory.mktemp("cut") / "cut.mp4"
+    video_io.write_video(path, video, audio=_speech(samples_dir, len(video) / 25))
+    return path
+
+
+def test_two_people_cut_together_get_their_own_speakers(cut_video):
+    item = VideoItem(path=str(cut_video), key="cut", speaker="alice", source="cut.mp4")
+    result = preprocess.process(item, FAST)
+    # IoU tracking links A, B and A into one track (same framing); descriptors split it at
+    # the cuts (frames 30 and 60, both keyframes) and name B apart; both A parts are alice.
+    assert [(c["meta"]["speaker"], _span(c)) for c in result.clips] == [
+        ("alice", (0, 25)), ("alice+cut.2", (30, 55)), ("alice", (60, 85))]
+    stats = result.stats
+    assert stats["identity_cuts"] == 2 and stats["faces"] == 1
+    assert [(p["speaker"], p["frames"]) for p in stats["persons"]] == [("alice", 52), ("alice+cut.2", 26)]
+    alice, bob = (np.float32(p["descriptor"]) for p in stats["persons"])
+    assert np.linalg.norm(alice - bob) > 0.6  # measured 0.75
+    assert stats["descriptors"] < 2 * stats["keyframes"] / 5 + 8  # ~1 per second, + bisections
+    # Without the check, the old labelling: every clip is alice and clips straddle the cuts.
+    unchecked = preprocess.process(item, dataclasses.replace(FAST, identity_seconds=None))
+    assert {c["meta"]["speaker"] for c in unchecked.clips} == {"alice"}
+    assert any(a < cut < b for a, b in map(_span, unchecked.clips) for cut in (30, 60))
+    assert "persons" not in unchecked.stats and "identity" not in unchecked.stats["seconds"]
+
+
+def test_hdtf_splits_hold_out_people_not_videos(media, tmp_path):
+    raw = tmp_path / "hdtf"
+    raw.mkdir()
+    ids = ["WDA_BarackObama_000", "WDA_BarackObama_001", "RD_Radio34_000", "RD_Radio34_007",
+           "WRA_KristiNoem0_000", "WRA_KristiNoem2_001"]
+    for video_id in ids:  # the face does not matter here: speakers come from the ids
+        shutil.copy(media / "raw" / "good.mp4", raw / f"{video_id}.mp4")
+    out = tmp_path / "out"
+    argv = ["--input", str(raw), "--output", str(out), "--dataset", "hdtf", "--size", "64",
+            "--clip-seconds", "1", "--min-clip-seconds", "0.4", "--quiet", "--hdtf-test", "WDA_BarackObama_001"]
+    assert launch_preprocess.main(argv) == 0
+
+    def speakers(split):
+        store = shards.ClipStore(out / "shards", split=split)
+        return collections.Counter(store.meta(i)["speaker"] for i in range(len(store)))
+
+    # The id given holds out its person: both of Obama's videos (2 clips each).
+    assert speakers("test") == {"WDA_BarackObama": 4}
+    assert speakers("train") == {"RD_Radio34": 4, "WRA_KristiNoem": 4}
+    # The default rule hashes speakers, now people: one person with all of its videos.
+    # (With video ids as speakers it held out one video of 6, whose twin stayed in train.)
+    shards.write_splits(out / "shards")
+    test, train = speakers("test"), speakers("train")
+    assert len(test) == 1 and sum(test.values()) == 4 and not set(test) & set(train)
+
+
 def test_run_local_reports_every_bad_input(media, tmp_path):
     items = datasets.discover(str(media / "raw"), "folder")
     assert len(items) == 9
@@ -282,7 +352,8 @@ def test_discovery_layouts(tmp_path):
     (flat,) = datasets.discover(str(tmp_path / "flat" / "Original_video"), "mead")
     assert flat.key == "M030#happy#level_3#010" and flat.audio_path.endswith("flat/audio/M030#happy#level_3#010.wav")
     hdtf = datasets.discover(str(tmp_path / "hdtf"), "hdtf")
-    assert sorted(i.speaker for i in hdtf) == ["RD_Radio1_000", "WDA_BarackObama_000"]
+    assert sorted((i.key, i.speaker) for i in hdtf) == [("RD_Radio1_000", "RD_Radio1"),
+                                                        ("WDA_BarackObama_000", "WDA_BarackObama")]
     folder = datasets.discover(str(tmp_path / "folder"), "folder", speaker_from="parent")
     assert len(folder) == 3 and {i.speaker for i in folder} == {"alice", "bob"}
     keys = [i.key for i in folder]
