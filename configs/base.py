@@ -55,6 +55,7 @@ def data_config() -> config_dict.ConfigDict:
     c.eval_split = "test"  # held-out split for periodic evaluation ("" = no evaluation)
     c.workers = 0  # grain worker processes per host (0: batches made in the trainer process)
     c.prefetch = 2  # batches buffered ahead per worker
+    c.max_skip_fraction = 0.01  # stop when skipped clips pass 16 + this x clips drawn (bad data)
     c.datasets = config_dict.placeholder(tuple)  # only clips of these meta datasets (e.g. ("hdtf",))
     c.T = 5  # stage 4: consecutive frames per sample
     c.targets = "lip_pose"  # stage 4: name of the stored lip/pose targets (computed when missing)

@@ -442,16 +442,24 @@ def hash_held_out(speakers: Collection[str], fraction: float, salt: str = "") ->
     return set(ranked[:k])
 
 
+def split_group(speaker: str) -> str:
+    """The person a speaker label's clips are split with: the label before any "+"."""
+    return speaker.split("+", 1)[0]
+
+
 def write_splits(shards_dir: str | os.PathLike, *,
                  mead_test_speakers: Collection[str] = MEAD_TEST_SPEAKERS,
                  hdtf_test: Collection[str] | Callable[[str], bool] | None = None,
                  hdtf_test_fraction: float = 0.2,
                  other: str = "by_speaker_hash", other_test_fraction: float = 0.125) -> dict:
     """Writes splits/train.json and splits/test.json (lists of clip keys) from the
-    manifest and returns {"train": keys, "test": keys}. Rules, always by speaker:
+    manifest and returns {"train": keys, "test": keys}. Rules, always by person: a clip's
+    split group is its speaker label before any "+" (preprocessing labels a second
+    person in a video "<speaker>+<video>.<n>", who follows the video's main speaker; for
+    HDTF the speaker is the person, datasets.hdtf_person, not the video id):
       mead:  test = the actors in `mead_test_speakers` (official: M003 M030 W009 W015).
-      hdtf:  test = video ids in `hdtf_test` (a set, or a predicate on the id); when
-             None, `hash_held_out(ids, hdtf_test_fraction)` (official: 77 of 385 videos).
+      hdtf:  test = the persons in `hdtf_test` (a set, or a predicate on the person);
+             when None, `hash_held_out(persons, hdtf_test_fraction)`.
       other datasets (synthetic, folder, ...): `other` = "train" (all train), "test"
              (all test) or "by_speaker_hash" (hash_held_out per dataset with
              `other_test_fraction`)."""
@@ -460,7 +468,7 @@ def write_splits(shards_dir: str | os.PathLike, *,
     clips = load_manifest(shards_dir)["clips"]
     speakers: dict[str, set[str]] = {}
     for c in clips:
-        speakers.setdefault(c["dataset"], set()).add(c["speaker"])
+        speakers.setdefault(c["dataset"], set()).add(split_group(c["speaker"]))
     test_speakers = {}
     for dataset, spk in speakers.items():
         if dataset == "mead":
@@ -476,7 +484,7 @@ def write_splits(shards_dir: str | os.PathLike, *,
             test_speakers[dataset] = set(spk) if other == "test" else set()
     splits = {"train": [], "test": []}
     for c in clips:
-        held_out = c["speaker"] in test_speakers[c["dataset"]]
+        held_out = split_group(c["speaker"]) in test_speakers[c["dataset"]]
         splits["test" if held_out else "train"].append(clip_key(c))
     os.makedirs(os.path.join(os.fspath(shards_dir), SPLITS_DIR), exist_ok=True)
     for name, keys in splits.items():
@@ -663,8 +671,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Index a shard directory: manifest + splits.")
     parser.add_argument("shards_dir")
     parser.add_argument("--mead_test_speakers", default=",".join(MEAD_TEST_SPEAKERS))
-    parser.add_argument("--hdtf_test", default="", help="comma-separated HDTF video ids "
-                        "held out; empty: hash rule with --hdtf_test_fraction")
+    parser.add_argument("--hdtf_test", default="", help="comma-separated HDTF persons held out "
+                        "(the speaker labels, e.g. WDA_BarackObama); empty: hash rule with "
+                        "--hdtf_test_fraction")
     parser.add_argument("--hdtf_test_fraction", type=float, default=0.2)
     parser.add_argument("--other", default="by_speaker_hash",
                         choices=("train", "test", "by_speaker_hash"))

@@ -67,7 +67,8 @@ def loader_config(config, data_dir: str, split: str, stage: int, shuffle: bool =
         image_size=config.model.size, seed=config.seed, shuffle=shuffle,
         worker_count=config.data.workers, prefetch=config.data.prefetch, dtype="uint8",
         T=config.data.T, targets=config.data.targets, exclude_neutral=config.data.exclude_neutral,
-        datasets=tuple(config.data.datasets) if config.data.datasets else None)
+        datasets=tuple(config.data.datasets) if config.data.datasets else None,
+        max_skip_fraction=config.data.max_skip_fraction)
 
 
 def make_context(config, models: initialize.Models, abstract_params) -> common.Context:

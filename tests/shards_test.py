@@ -320,3 +320,19 @@ def test_package_import_is_light():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('array_record', 'grain')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_second_person_follows_the_main_speaker_into_its_split(tmp_path):
+    clips = [make_clip("hdtf", spk, f"{spk}#{k}", "", 0, seed=k)
+             for k, spk in enumerate(["WDA_A", "WDA_A+v1.2", "WDA_B", "WDA_B+v2.2", "WDA_C"])]
+    write_shard(tmp_path / "h.array_record", clips)
+    shards.write_manifest(tmp_path)
+    splits = shards.write_splits(tmp_path, hdtf_test=["WDA_B"])
+    assert splits["test"] == ["hdtf/WDA_B#2", "hdtf/WDA_B+v2.2#3"]
+    for fraction in (0.3, 0.6):  # the hash rule draws persons, never half of one
+        test = set(shards.write_splits(tmp_path, hdtf_test_fraction=fraction)["test"])
+        side = {}
+        for c in clips:
+            group = c["meta"]["speaker"].split("+")[0]
+            side.setdefault(group, set()).add(shards.clip_key(c["meta"]) in test)
+        assert all(len(v) == 1 for v in side.values()) and test
