@@ -11,12 +11,14 @@ import dataclasses
 import functools
 import os
 import struct
-from typing import Union
+import tempfile
+from typing import Iterator, Union
 
 import av
 import librosa
 import numpy as np
 import scipy.signal
+import soxr
 
 PathLike = Union[str, bytes, os.PathLike]
 
@@ -50,19 +52,33 @@ def _label(path: PathLike) -> str:
     return os.fsdecode(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+CHUNK_SECONDS = 10.0  # audio is decoded and resampled in pieces of about this length
+
+
 def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Decodes the first audio stream of `path` to float32 mono at `sr` Hz.
+    """Decodes the first audio stream of `path` to float32 mono at `sr` Hz (all of it; see
+    `iter_audio` for the format rules and errors, and `SpooledAudio` for long tracks)."""
+    return np.ascontiguousarray(np.concatenate(list(iter_audio(path, sr))), dtype=np.float32)
+
+
+def iter_audio(path: PathLike, sr: int = SAMPLE_RATE,
+               chunk_seconds: float = CHUNK_SECONDS) -> Iterator[np.ndarray]:
+    """Decodes the first audio stream of `path` to float32 mono at `sr` Hz, in chunks.
 
     Any container/codec FFmpeg (PyAV) reads: wav, mp3, m4a/aac, flac, or the audio track
     of a video (mp4, mov, mkv, avi). Several channels are averaged to mono (as
     `librosa.to_mono`). Integer PCM maps to [-1, 1) (int16 / 32768); float PCM and
-    resampled audio are not clipped. Other rates are
-    resampled with soxr 'HQ', the default of `librosa.load` since librosa 0.10 (the
-    official code ran librosa 0.8, whose default was resampy 'kaiser_best'; 16 kHz input
-    is untouched, hence bit-exact). The file is opened by Python, so any file name works.
+    resampled audio are not clipped. Other rates are resampled with soxr 'HQ', the
+    default of `librosa.load` since librosa 0.10 (the official code ran librosa 0.8, whose
+    default was resampy 'kaiser_best'; 16 kHz input is untouched, hence bit-exact). The
+    resampler streams (soxr.ResampleStream), which gives the same samples as resampling
+    the whole track at once (bit-identical here), so memory is bounded by `chunk_seconds`
+    of decoded audio whatever the track's length. The file is opened by Python, so any
+    file name works.
 
     Raises AudioError naming the file when it is missing, unreadable, truncated, has no
-    audio stream or no samples.
+    audio stream or no samples (a file found truncated or corrupt midway raises after
+    the chunks before the damage: use the samples only once the iteration completes).
     """
     name = _label(path)
     try:
@@ -71,21 +87,15 @@ def load_audio(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
                 raise AudioError(f"{name}: empty file")
             _check_wav_header(f, name)
             f.seek(0)
-            data, rate = _decode(f, name)
+            yield from _decode(f, name, sr, chunk_seconds)
     except FileNotFoundError:
         raise AudioError(f"{name}: no such file") from None
     except (OSError, av.FFmpegError) as e:
         raise AudioError(f"{name}: not a readable media file ({e.strerror or e})") from e
-    wav = data.mean(axis=0)
-    if not np.isfinite(wav).all():
-        raise AudioError(f"{name}: audio holds NaN or infinite samples")
-    if rate != sr:
-        wav = librosa.resample(wav, orig_sr=rate, target_sr=sr, res_type="soxr_hq")
-    return np.ascontiguousarray(wav, dtype=np.float32)
 
 
-def _decode(f, name: str) -> tuple[np.ndarray, int]:
-    """All samples of the first audio stream as float32 (channels, n), and the rate."""
+def _decode(f, name: str, sr: int, chunk_seconds: float) -> Iterator[np.ndarray]:
+    """The first audio stream, mono, resampled to `sr`, in chunks of about chunk_seconds."""
     with av.open(f, mode="r") as container:
         if not container.streams:
             raise AudioError(f"{name}: no streams found (not a media file, or truncated)")
@@ -94,32 +104,118 @@ def _decode(f, name: str) -> tuple[np.ndarray, int]:
             raise AudioError(f"{name}: no audio stream ({container.format.name} container "
                              f"with only {', '.join(kinds)})")
         stream = container.streams.audio[0]
-        to_float = av.AudioResampler(format="fltp")  # sample format only; keeps rate, layout
-        rate, chunks, longest, decoded = stream.rate, [], 0, 0
-        try:
-            for frame in container.decode(stream):
-                longest, decoded = max(longest, frame.samples), decoded + frame.samples
-                chunks += [c.to_ndarray() for c in to_float.resample(frame)]
-            chunks += [c.to_ndarray() for c in to_float.resample(None)]
-        except av.FFmpegError as e:
-            raise AudioError(f"{name}: corrupt or truncated audio, decoding failed after "
-                             f"{decoded / rate:.3f} s ({e.strerror or e})") from e
-        declared = None
+        rate = stream.rate
+        declared = None  # samples the header declares (exact in these formats)
         if container.format.name in _EXACT_DURATION_FORMATS and stream.duration:
             declared = round(float(stream.duration * stream.time_base) * rate)
-    if not chunks or sum(c.shape[1] for c in chunks) == 0:
-        raise AudioError(f"{name}: the audio stream holds no samples")
-    data = np.concatenate(chunks, axis=1)
-    if declared is not None:
-        n = data.shape[1]
-        if n < declared - max(2 * longest, rate // 50):
-            raise AudioError(f"{name}: truncated: decoded {n / rate:.3f} s of the "
-                             f"{declared / rate:.3f} s the container declares")
+        to_float = av.AudioResampler(format="fltp")  # sample format only; keeps rate, layout
+        resampler = None if rate == sr else soxr.ResampleStream(rate, sr, 1, dtype="float32", quality="HQ")
+        budget = max(1, int(chunk_seconds * rate))
+        state = dict(decoded=0, longest=0, held=0)  # source samples: decoded, longest frame, in parts
+        parts: list = []  # mono source-rate samples waiting for the resampler
+        tail: list = []  # past `declared`: AAC end padding unless there is more than a frame
+
+        def take(mono, last=False):
+            if mono is not None and len(mono):
+                if not np.isfinite(mono).all():
+                    raise AudioError(f"{name}: audio holds NaN or infinite samples")
+                parts.append(mono)
+                state["held"] += len(mono)
+            if parts and (last or state["held"] >= budget):
+                block = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                parts.clear()
+                state["held"] = 0
+                out = block if resampler is None else resampler.resample_chunk(block, last=last)
+                if len(out):
+                    yield out
+            elif last and resampler is not None:
+                out = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+                if len(out):
+                    yield out
+
+        def frames():
+            try:
+                for frame in container.decode(stream):
+                    state["longest"] = max(state["longest"], frame.samples)
+                    state["decoded"] += frame.samples
+                    yield from to_float.resample(frame)
+                yield from to_float.resample(None)
+            except av.FFmpegError as e:
+                raise AudioError(f"{name}: corrupt or truncated audio, decoding failed after "
+                                 f"{state['decoded'] / rate:.3f} s ({e.strerror or e})") from e
+
+        seen = 0  # source samples converted so far
+        for chunk in frames():
+            mono = chunk.to_ndarray().mean(axis=0)
+            if declared is not None and seen + len(mono) > declared:
+                cut = max(0, declared - seen)
+                yield from take(mono[:cut])
+                tail.append(mono[cut:])
+                if sum(len(t) for t in tail) > state["longest"]:  # more than padding: keep it all
+                    for t in tail:
+                        yield from take(t)
+                    tail.clear()
+                    declared = None
+            else:
+                yield from take(mono)
+            seen += len(mono)
         # AAC in mp4 decodes the encoder's end padding (< one codec frame) past the
-        # declared duration; FFmpeg's command line drops it too.
-        if declared < n <= declared + longest:
-            data = data[:, :declared]
-    return data, rate
+        # declared duration; FFmpeg's command line drops it too. The tail is left out.
+        if seen == 0:
+            raise AudioError(f"{name}: the audio stream holds no samples")
+        if declared is not None and seen < declared - max(2 * state["longest"], rate // 50):
+            raise AudioError(f"{name}: truncated: decoded {seen / rate:.3f} s of the "
+                             f"{declared / rate:.3f} s the container declares")
+        yield from take(None, last=True)
+
+
+class SpooledAudio:
+    """A whole track at 16 kHz, decoded in chunks into an anonymous temporary file (float32)
+    and read back by sample range, so a long video's audio is not held in memory.
+
+    Behaves like the 1-d float32 array `load_audio` returns, shifted by `offset` samples
+    (positive: that many zeros first; negative: the first -offset samples dropped):
+    `len(track)` and `track[a:b]` (a slice, step 1; past the end it is shorter, as
+    numpy's). The file is unlinked when created, so nothing is left behind; close() (or
+    dropping the object) frees it. Raises AudioError as `iter_audio`.
+    """
+
+    def __init__(self, path: PathLike, offset: int = 0, sr: int = SAMPLE_RATE,
+                 chunk_seconds: float = CHUNK_SECONDS, directory=None):
+        self._file = tempfile.TemporaryFile(dir=directory)
+        try:
+            count = 0
+            for chunk in iter_audio(path, sr, chunk_seconds):
+                self._file.write(np.ascontiguousarray(chunk, np.float32).tobytes())
+                count += len(chunk)
+        except BaseException:
+            self._file.close()
+            raise
+        self.num_decoded, self.offset = count, int(offset)
+
+    def __len__(self) -> int:
+        return max(0, self.num_decoded + self.offset)
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("SpooledAudio supports slices with step 1 only")
+        start, stop, _ = index.indices(len(self))
+        out = np.zeros(max(0, stop - start), np.float32)
+        lo, hi = max(start - self.offset, 0), min(stop - self.offset, self.num_decoded)
+        if hi > lo:  # source samples [lo, hi) land at out[lo + offset - start:]
+            self._file.seek(lo * 4)
+            at = lo + self.offset - start
+            out[at : at + hi - lo] = np.frombuffer(self._file.read((hi - lo) * 4), np.float32)
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def _check_wav_header(f, name: str) -> None:

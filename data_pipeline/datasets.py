@@ -10,8 +10,14 @@ Layouts:
           speaker hold a person out entirely.
   folder  any video files under <root> (recursive); speaker = the file stem or its
           parent folder's name.
-`audio_dir` overrides where separate audio is looked up (<audio_dir>/<stem>.<ext>);
-without separate audio the video's own track is used.
+Separate audio (`audio_dir`) is paired by relative path: the video <root>/alice/take1.mp4
+takes <audio_dir>/alice/take1.<ext> (ext one of AUDIO_EXTENSIONS, in that order). The
+older lookup by file name alone, <audio_dir>/take1.<ext>, is kept for flat audio folders
+but only where it is unambiguous: when several videos share the name (alice/take1.mp4
+and bob/take1.mp4), such a match raises DiscoveryError naming them, never pairs silently.
+MEAD also looks for its unique clip name (<audio_dir>/<actor>#<emotion>#level_<k>#<nnn>)
+and its own audio tree (<audio_dir>/<actor>/audio/<emotion>/level_<k>/<nnn>). A video
+without separate audio uses its own track (a warning counts them when audio_dir is set).
 
 Keys are file-system safe ([A-Za-z0-9._#=+-]); a name that had to be changed (spaces,
 non-ASCII, non-UTF-8 bytes) gets a hash of its original bytes so keys stay unique.
@@ -19,11 +25,12 @@ non-ASCII, non-UTF-8 bytes) gets a hash of its original bytes so keys stay uniqu
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import os
 import re
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from data_pipeline import schema
 from data_pipeline.preprocess import VideoItem
@@ -55,7 +62,13 @@ def _videos(root: str) -> List[str]:
     return sorted(found, key=os.fsencode)
 
 
+class DiscoveryError(ValueError):
+    """A dataset that cannot be discovered as asked (e.g. ambiguous separate audio)."""
+
+
 def _find_audio(directory: Optional[str], stem: str) -> Optional[str]:
+    """<directory>/<stem>.<ext> for the first audio extension that exists; stem may be a
+    relative path."""
     if not directory:
         return None
     for ext in AUDIO_EXTENSIONS:
@@ -63,6 +76,39 @@ def _find_audio(directory: Optional[str], stem: str) -> Optional[str]:
         if os.path.isfile(path):
             return path
     return None
+
+
+def _pair_audio(audio_dir: Optional[str], rels: List[str]) -> Dict[str, Optional[str]]:
+    """The separate audio file of each video (relative path -> audio path or None): by
+    relative path, else by file name when no other video has that name (module docstring)."""
+    if not audio_dir:
+        return {rel: None for rel in rels}
+    by_name = collections.defaultdict(list)
+    for rel in rels:
+        by_name[os.path.splitext(os.path.basename(rel))[0]].append(rel)
+    paired, ambiguous = {}, []
+    for rel in rels:
+        stem = os.path.splitext(rel)[0]
+        name = os.path.basename(stem)
+        paired[rel] = _find_audio(audio_dir, stem)
+        if paired[rel] is None and name != stem:
+            flat = _find_audio(audio_dir, name)
+            if flat is not None and len(by_name[name]) > 1:
+                ambiguous.append((flat, by_name[name]))
+            paired[rel] = flat
+    if ambiguous:
+        lines = sorted({f"{display_path(a)} <- {', '.join(display_path(r) for r in rs)}" for a, rs in ambiguous})
+        raise DiscoveryError(
+            f"{len(lines)} audio files in {display_path(audio_dir)} match several videos by file name "
+            f"only; put each at <audio_dir>/<the video's relative path>.<ext>:\n  " + "\n  ".join(lines[:10]))
+    _warn_unpaired(audio_dir, [rel for rel, a in paired.items() if a is None])
+    return paired
+
+
+def _warn_unpaired(audio_dir: Optional[str], rels: List[str]) -> None:
+    if audio_dir and rels:
+        logging.warning("%s: no separate audio for %d videos (e.g. %s); they use their own audio track",
+                        display_path(audio_dir), len(rels), display_path(rels[0]))
 
 
 def folder_items(root: str, dataset: str = "folder", speaker_from: str = "stem",
@@ -75,6 +121,7 @@ def folder_items(root: str, dataset: str = "folder", speaker_from: str = "stem",
         root, rels = os.path.dirname(os.path.abspath(root)), [os.path.basename(root)]
     else:
         rels = _videos(root)
+    audio = _pair_audio(audio_dir, rels)
     items = []
     for rel in rels:
         stem = os.path.splitext(rel)[0]
@@ -82,7 +129,7 @@ def folder_items(root: str, dataset: str = "folder", speaker_from: str = "stem",
         speaker = os.path.basename(stem) if speaker_from == "stem" else parent
         items.append(VideoItem(
             path=os.path.join(root, rel), key=safe_key(stem.replace(os.sep, "__")), dataset=dataset,
-            speaker=display_path(speaker), audio_path=_find_audio(audio_dir, os.path.basename(stem)),
+            speaker=display_path(speaker), audio_path=audio[rel],
             source=display_path(rel)))
     return items
 
@@ -103,6 +150,7 @@ def hdtf_items(root: str, audio_dir: Optional[str] = None) -> List[VideoItem]:
     (`hdtf_person`; the video id, with a counted warning, for ids of another form)."""
     root = os.fsdecode(root)
     rels = [r for r in _videos(root) if os.sep not in r]
+    audio = _pair_audio(audio_dir, rels)
     items, unnamed = [], []
     for rel in rels:
         stem = os.path.splitext(rel)[0]
@@ -111,7 +159,7 @@ def hdtf_items(root: str, audio_dir: Optional[str] = None) -> List[VideoItem]:
         if person is None:
             unnamed.append(display_path(rel))
         items.append(VideoItem(path=os.path.join(root, rel), key=key, dataset="hdtf", speaker=person or key,
-                               audio_path=_find_audio(audio_dir, stem), source=display_path(rel)))
+                               audio_path=audio[rel], source=display_path(rel)))
     if unnamed:
         logging.warning("%s: %d HDTF videos are not named <WDA|WRA>_<Name>[k]_<nnn> or RD_Radio<n>_<nnn> "
                         "(e.g. %s): their speaker is the video id, so one person's videos may land "
@@ -122,32 +170,39 @@ def hdtf_items(root: str, audio_dir: Optional[str] = None) -> List[VideoItem]:
 def mead_items(root: str, audio_dir: Optional[str] = None) -> List[VideoItem]:
     """MEAD front videos in either layout (module docstring); other files are ignored."""
     root = os.fsdecode(root)
-    items, ignored = [], 0
+    items, ignored, unpaired = [], 0, []
     for rel in _videos(root):
         parts = rel.split(os.sep)
         stem = os.path.splitext(parts[-1])[0]
         flat = _MEAD_NAME.match(stem)
+        # MEAD names are unique per clip: no lookup here can pair two videos with one file.
+        by_path = _find_audio(audio_dir, os.path.splitext(rel)[0])
         if flat:
             actor, emotion, level, number = flat.groups()
             beside = os.path.join(os.path.dirname(os.path.dirname(os.path.join(root, rel))), "audio")
-            audio_path = _find_audio(audio_dir or beside, stem)
+            audio_path = by_path or _find_audio(audio_dir or beside, stem)
         elif (len(parts) >= 6 and parts[-5:-3] == ["video", "front"] and parts[-2].startswith("level_")
               and parts[-2][6:].isdigit()):
             actor, emotion, level, number = parts[-6], parts[-3], parts[-2][6:], stem
-            audio_path = _find_audio(audio_dir, f"{actor}#{emotion}#level_{level}#{number}") or _find_audio(
-                os.path.join(root, *parts[:-5], "audio", emotion, parts[-2]), number)
+            own_tree = os.path.join(actor, "audio", emotion, parts[-2], number)
+            audio_path = (by_path or _find_audio(audio_dir, f"{actor}#{emotion}#level_{level}#{number}")
+                          or _find_audio(audio_dir, own_tree)
+                          or _find_audio(os.path.join(root, *parts[:-5], "audio", emotion, parts[-2]), number))
         else:
             ignored += 1
             continue
         if emotion not in schema.EMOTIONS:
             ignored += 1
             continue
+        if audio_path is None:
+            unpaired.append(rel)
         key = safe_key(f"{actor}#{emotion}#level_{int(level)}#{number}")
         items.append(VideoItem(path=os.path.join(root, rel), key=key, dataset="mead", speaker=actor,
                                emotion=emotion, level=int(level), audio_path=audio_path,
                                source=display_path(rel)))
     if ignored:
         logging.warning("%s: %d video files do not follow a MEAD layout and were ignored", root, ignored)
+    _warn_unpaired(audio_dir, unpaired)
     return items
 
 

@@ -2,10 +2,14 @@
 
 `process(item, options)` (and its streaming form `iter_clips`) does, for one video:
   1. audio: the separate audio file or the video's own track, 16 kHz mono, shifted by
-     the container's audio/video start offset (fails fast before any video work);
-  2. pass 1: decode at 25 fps by timestamps, detect faces every `detect_stride` frames
-     on grayscale frames downscaled to `detect_max_side` (boxes refined to their
-     landmarks' bounding boxes, see data_pipeline.faces), track FOMM tubes, keep one
+     the container's audio/video start offset, decoded and resampled in chunks into a
+     temporary file (audio.SpooledAudio; fails fast before any video work);
+  2. pass 1: decode at 25 fps by timestamps, upright and in square pixels (display
+     matrix, sample aspect ratio; a timestamp hole longer than `max_timestamp_gap`
+     cuts every track and is reported, never filled with a held frame: video_io),
+     detect faces every `detect_stride` frames on grayscale frames downscaled to
+     `detect_max_side` (boxes refined to their landmarks' bounding boxes, see
+     data_pipeline.faces), track FOMM tubes, keep one
      face at a time (the largest/most persistent) and cut where it is lost for longer
      than `max_landmark_gap` frames; with the identity check (`identity_seconds`), each
      track is described with dlib's face descriptor along the way and split where the
@@ -20,10 +24,13 @@
      least `min_clip_seconds`), each with its own audio (T * 640 samples) and mel windows.
 Two decoding passes keep memory bounded (pass 1 keeps boxes, a descriptor per track
 and `identity_seconds`, and the small frames of the last `identity_seconds`; pass 2 one
-clip of JPEGs): a 20-minute video streams. Bad input never raises: it becomes a skip with a
-reason "<kind>: <details>" in `ProcessResult.skipped`.
+clip of JPEGs; the audio is read back from its file a clip at a time): a 20-minute video
+streams. Bad input (VideoError, AudioError, FaceError and this module's skips) never
+raises: it becomes a skip with a reason "<kind>: <details>" in `ProcessResult.skipped`.
+Any other exception is a bug (or a full disk) and propagates, naming the video.
 
-`run_local` runs `process` over a process pool, one shard per video, resumable.
+`run_local` runs `process` over a process pool, one shard per video, resumable, and
+stops when more than `max_failure_rate` of the videos are skipped whole.
 """
 
 from __future__ import annotations
@@ -36,7 +43,6 @@ import json
 import multiprocessing
 import os
 import time
-import traceback
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import cv2
@@ -65,7 +71,7 @@ class PreprocessOptions:
     size: int = 256  # crop side in pixels
     clip_seconds: float = 5.0  # official HDTF split length
     min_clip_seconds: float = 1.0  # a shorter last piece of a segment is dropped
-    jpeg_quality: int = 75  # the official LMDB used PIL's default, 75
+    jpeg_quality: int = schema.JPEG_QUALITY  # measured choice (schema.py); the official LMDB used 75
     detector: str = "dlib"  # dlib (HOG), haar, or auto (dlib, Haar where dlib finds none)
     detect_stride: int = 5  # detect faces every n-th frame (boxes interpolated between)
     detect_max_side: int = 640  # frames downscaled to this longest side for detection (official)
@@ -73,10 +79,12 @@ class PreprocessOptions:
     enlargement: float = 0.1  # FOMM `increase`: crop margin on each side
     crop_span: str = "clip"  # square around the face's boxes over each "clip", or the whole "tube" (official)
     max_landmark_gap: int = 15  # frames without a detection interpolated; longer gaps cut
+    max_timestamp_gap: float = 0.25  # seconds between source frames beyond which a hole cuts the clip
     multi_face: str = "largest"  # several faces at once: keep the largest, or "skip" the video
     short_audio: str = "trim"  # audio shorter than video: "trim" the frames, or "skip"
     allow_silent: bool = False  # videos without audio: silent clips instead of a skip
     max_seconds: Optional[float] = None  # only the first seconds of each video (quick runs)
+    max_failure_rate: float = 0.2  # run_local stops when more of the videos are skipped whole
     identity_seconds: Optional[float] = 1.0  # describe each face track this often (None: no identity check)
     identity_threshold: float = identity.THRESHOLD  # descriptor distance: different people above it
 
@@ -93,6 +101,10 @@ class PreprocessOptions:
             raise ValueError("need detect_stride >= 1 and max_landmark_gap >= detect_stride - 1")
         if not 0 < self.min_clip_seconds <= self.clip_seconds:
             raise ValueError("need 0 < min_clip_seconds <= clip_seconds")
+        if not self.max_timestamp_gap > 0:
+            raise ValueError(f"max_timestamp_gap={self.max_timestamp_gap}: expected > 0 seconds")
+        if not 0 <= self.max_failure_rate <= 1:
+            raise ValueError(f"max_failure_rate={self.max_failure_rate}: expected 0..1")
         if self.identity_seconds is not None and not self.identity_seconds > 0:
             raise ValueError(f"identity_seconds={self.identity_seconds}: expected > 0 or None (no check)")
         if not self.identity_threshold > 0:
@@ -155,7 +167,12 @@ def process(item: VideoItem, options: PreprocessOptions) -> ProcessResult:
 
 
 def iter_clips(item: VideoItem, options: PreprocessOptions, result: ProcessResult) -> Iterator[dict]:
-    """Yields the clips of one video as they are completed; skips and stats go to `result`."""
+    """Yields the clips of one video as they are completed; skips and stats go to `result`.
+
+    Only the named data errors (VideoError, AudioError, FaceError and the skips this
+    module decides) become a skip of the video; anything else is a bug or an environment
+    failure and propagates, with a note naming the video.
+    """
     options.validate()
     start = time.perf_counter()
     try:
@@ -164,9 +181,9 @@ def iter_clips(item: VideoItem, options: PreprocessOptions, result: ProcessResul
         result.skipped.append((item.key, str(e)))
     except (video_io.VideoError, audio.AudioError, faces.FaceError) as e:
         result.skipped.append((item.key, _reason(e)))
-    except Exception as e:  # never let one bad input stop a whole run; keep the trace
-        result.skipped.append((item.key, f"error: {type(e).__name__}: {e}"))
-        result.stats["traceback"] = traceback.format_exc()
+    except Exception as e:
+        e.add_note(f"while preprocessing {item.source or video_io.display_path(item.path)} (key {item.key})")
+        raise
     result.stats["seconds"] = dict(result.stats.get("seconds", {}), total=time.perf_counter() - start)
     result.stats["clips"] = result.stats.get("clips", 0)
 
@@ -177,29 +194,56 @@ def _reason(e: Exception) -> str:
 
 
 def _load_audio(item: VideoItem, info: video_io.VideoInfo, options: PreprocessOptions, timer):
-    """16 kHz mono float32 aligned with video frame 0, or None for an allowed silent video."""
+    """16 kHz mono aligned with video frame 0 (an audio.SpooledAudio: decoded and resampled
+    in chunks into a temporary file, so memory does not grow with the video's length), or
+    None for an allowed silent video."""
     if item.audio_path is None and not info.has_audio:
         if options.allow_silent:
             return None
         raise _Skip("no audio: the video has no audio stream and no separate audio file "
                     "(allow_silent makes silent clips)")
-    with timer("audio"):
-        wav = audio.load_audio(item.audio_path or item.path)
+    shift = 0
     if item.audio_path is None and abs(info.audio_offset) > 0.5 / audio.SAMPLE_RATE:
         shift = int(round(info.audio_offset * audio.SAMPLE_RATE))
-        wav = np.pad(wav, (shift, 0)) if shift > 0 else wav[-shift:]
-    return wav
+    with timer("audio"):
+        return audio.SpooledAudio(item.audio_path or item.path, offset=shift)
+
+
+def _report_holes(item: VideoItem, stats: dict, result: ProcessResult) -> None:
+    """Timestamp holes (video_io.FrameStream.gaps, in stats) as reported skips of their frames."""
+    for a, b in stats.get("timestamp_gaps", []):
+        result.skipped.append((f"{item.key}@{a / FPS:.2f}-{b / FPS:.2f}",
+                               f"timestamp gap: no video frame for {(b - a) / FPS:.2f} s; the clip is cut "
+                               "there (frames are not held across it)"))
+
+
+def _cut_at_holes(tubes: List[faces.Tube], stream: video_io.FrameStream, stats: dict) -> List[faces.Tube]:
+    """Splits face tubes at the stream's timestamp holes, so no clip spans one."""
+    stats["timestamp_gaps"] = [list(g) for g in stream.gaps]
+    if not stream.gaps:
+        return tubes
+    out = []
+    for tube in tubes:
+        for a, b in stream.segments():
+            hits = {k: box for k, box in tube.hits.items() if a <= k < b}
+            if hits:
+                out.append(dataclasses.replace(
+                    tube, first_box=hits[min(hits)], hits=hits,
+                    descriptors={k: d for k, d in tube.descriptors.items() if a <= k < b}))
+    return sorted(out, key=lambda t: t.start)
 
 
 def _clips(item, options, result, timer) -> Iterator[dict]:
     info = video_io.probe(item.path)
     stats = result.stats
-    stats.update(width=info.width, height=info.height, source_fps=round(info.fps, 3))
+    stats.update(width=info.width, height=info.height, source_fps=round(info.fps, 3),
+                 rotation=info.rotation, sample_aspect_ratio=round(info.sample_aspect_ratio, 4))
     wav = _load_audio(item, info, options, timer)
 
     # Pass 1: keyframe detections on small frames, tracked (and described) as they come.
     tubes, num_frames = _track_faces(item, info, options, timer, stats)
     stats["frames"] = num_frames
+    _report_holes(item, stats, result)
     usable = num_frames
     if wav is not None:
         audio_frames = len(wav) // SAMPLES_PER_FRAME
@@ -237,7 +281,8 @@ def _clips(item, options, result, timer) -> Iterator[dict]:
                                    f"too short: the face segment's last {b - a} frames"))
 
     # Pass 2: crop, landmarks, JPEG; emit clips as soon as their landmark rows are known.
-    frames = video_io.FrameStream(item.path, max_seconds=options.max_seconds)
+    frames = video_io.FrameStream(item.path, max_seconds=options.max_seconds,
+                                  max_gap=options.max_timestamp_gap)
     stats["clips"] = 0
     for k, rgb in timer.iterate("decode", frames):
         for plan in plans:
@@ -263,7 +308,8 @@ def _track_faces(item, info, options, timer, stats) -> Tuple[List[faces.Tube], i
     if options.identity_seconds is not None:  # descriptors need colour: decode RGB
         describer = identity.Describer(options.identity_frames, options.identity_threshold)
     stream = video_io.FrameStream(item.path, stride=options.detect_stride, size=small,
-                                  gray=describer is None, max_seconds=options.max_seconds)
+                                  gray=describer is None, max_seconds=options.max_seconds,
+                                  max_gap=options.max_timestamp_gap)
     tracker = faces.Tracker(options.iou_threshold, options.max_landmark_gap)
     keyframes = detections = 0
     for k, frame in timer.iterate("decode", stream):
@@ -281,7 +327,7 @@ def _track_faces(item, info, options, timer, stats) -> Tuple[List[faces.Tube], i
             describer.close(tracker.open)
         stats["descriptors"] = describer.count
     stats.update(keyframes=keyframes, detections=detections)
-    return tracker.tubes(), stream.num_frames
+    return _cut_at_holes(tracker.tubes(), stream, stats), stream.num_frames
 
 
 def _speakers(item, kept: List[faces.Tube], options, stats) -> List[str]:
@@ -429,7 +475,16 @@ def run_local(items: Sequence[VideoItem], output_dir, options: PreprocessOptions
 
     Resumable: a video with a status file (`output_dir/status/<key>.json`, written after
     its shard is complete) or a complete shard is done and not redone; an interrupted
-    one left only a `.tmp` file and is redone. Bad inputs become counted skips.
+    one left only a `.tmp` file and is redone.
+
+    Bad inputs (the named data errors, see `iter_clips`) become counted skips; any other
+    exception in a video stops the run and propagates. When more than
+    `options.max_failure_rate` of the videos are skipped whole, the run stops (see
+    `_Failures` for when that is decided) and raises TooManyFailures with the counts and
+    the first reasons; report.json is written (with "stopped"), the manifest is not.
+    Videos done before count too, so a resumed run stops again until the limit is raised
+    (it may differ between runs of one directory) or the failed videos' status files
+    (output_dir/status/<key>.json) are removed to redo them.
     """
     from data_pipeline import shards
     from tqdm import tqdm
@@ -441,26 +496,92 @@ def run_local(items: Sequence[VideoItem], output_dir, options: PreprocessOptions
     _check_items(items)
     _check_options(out, options)
     start = time.perf_counter()
-    todo = [it for it in items if _status(it, shards_dir, status_dir) is None]
+    before = {it.key: _status(it, shards_dir, status_dir) for it in items}
+    todo = [it for it in items if before[it.key] is None]
+    failures = _Failures(options.max_failure_rate, len(items))
+    for key, status in before.items():
+        if status is not None:
+            failures.add(key, status)
     run = functools.partial(_run_item, options=options, shards_dir=shards_dir, status_dir=status_dir)
     bar = tqdm(total=len(todo), unit="video", disable=not progress, desc="preprocess")
-    if workers <= 1 or len(todo) <= 1:
-        for item in todo:
-            run(item)
+    stopped = failures.exceeded()
+    with contextlib.ExitStack() as stack:
+        if stopped or workers <= 1 or len(todo) <= 1:
+            done = map(run, [] if stopped else todo)
+        else:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(min(workers, len(todo)),
+                                                                                 _init_worker))
+            done = pool.imap_unordered(run, todo)  # leaving the block terminates the pool
+        for key, status in done:
             bar.update()
-    else:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(todo)), _init_worker) as pool:
-            for _ in pool.imap_unordered(run, todo):
-                bar.update()
+            failures.add(key, status)
+            stopped = failures.exceeded()
+            if stopped:
+                break
     bar.close()
-    statuses = {it.key: _status(it, shards_dir, status_dir) for it in items}
-    report = _report(statuses, options, {it.key for it in todo}, time.perf_counter() - start)
+    statuses = {it.key: st for it in items if (st := _status(it, shards_dir, status_dir)) is not None}
+    report = _report(statuses, options, {it.key for it in todo} & set(statuses), time.perf_counter() - start)
+    report.update(num_items=len(items), failures=failures.summary())
+    if stopped:
+        report["stopped"] = stopped
+        path = os.path.join(out, "report.json")
+        _write_json(path, report)
+        raise TooManyFailures(f"{stopped}\nreport: {path}", report)
     if report["clips_written"]:
         manifest = shards.write_manifest(shards_dir)
         split = shards.write_splits(shards_dir, **(splits or {}))
         report.update(num_clips=manifest["num_clips"], splits={k: len(v) for k, v in split.items()})
     _write_json(os.path.join(out, "report.json"), report)
     return report
+
+
+class TooManyFailures(RuntimeError):
+    """More videos were skipped whole than PreprocessOptions.max_failure_rate allows."""
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.report = report
+
+
+class _Failures:
+    """Counts the videos skipped whole (a skip of the video's own key) and decides when
+    their share exceeds `limit`: as soon as the failures alone exceed `limit` of all
+    `total` videos (certain, however the rest go), or earlier when more than `limit` of
+    the finished videos failed once at least MIN_FINISHED have finished (a systematic
+    failure: a wrong audio dir, a missing codec, ...)."""
+
+    MIN_FINISHED = 20
+    SHOWN = 5  # first reasons in the message
+
+    def __init__(self, limit: float, total: int):
+        self.limit, self.total = limit, total
+        self.finished = 0
+        self.failed: List[Tuple[str, str]] = []  # (key, reason), in the order they finished
+
+    def add(self, key: str, status: dict) -> None:
+        self.finished += 1
+        reasons = [why for what, why in status["skipped"] if what == key]
+        if reasons:
+            self.failed.append((key, reasons[0]))
+
+    def exceeded(self) -> Optional[str]:
+        """None, or the message that stops the run."""
+        n = len(self.failed)
+        certain = n > self.limit * self.total
+        trend = self.finished >= self.MIN_FINISHED and n > self.limit * self.finished
+        if not (certain or trend):
+            return None
+        kinds = collections.Counter(why.split(":")[0] for _, why in self.failed)
+        first = "\n".join(f"  {key}: {why}" for key, why in self.failed[: self.SHOWN])
+        return (f"preprocessing stopped: {n} of {self.finished} finished videos were skipped whole "
+                f"({n / self.finished:.0%}; {self.total} videos in all), more than max_failure_rate="
+                f"{self.limit:g} allows ({', '.join(f'{k}: {c}' for k, c in kinds.most_common())}). "
+                f"First reasons:\n{first}\nFix the inputs or raise --max-failure-rate; a video once "
+                "skipped is redone only when its status file (DIR/status/<key>.json) is removed.")
+
+    def summary(self) -> dict:
+        return {"finished": self.finished, "skipped_whole": len(self.failed), "limit": self.limit,
+                "first": [list(f) for f in self.failed[: self.SHOWN]]}
 
 
 def _init_worker() -> None:
@@ -476,9 +597,10 @@ def _check_items(items: Sequence[VideoItem]) -> None:
 
 
 def _check_options(out: str, options: PreprocessOptions) -> None:
-    """Refuses to resume an output directory made with other options."""
+    """Refuses to resume an output directory made with other options (those that change
+    the outputs: `_RUN_ONLY` fields may differ between runs)."""
     path = os.path.join(out, "options.json")
-    current = dataclasses.asdict(options)
+    current = {k: v for k, v in dataclasses.asdict(options).items() if k not in _RUN_ONLY}
     if os.path.exists(path):
         with open(path) as f:
             before = json.load(f)
@@ -489,6 +611,9 @@ def _check_options(out: str, options: PreprocessOptions) -> None:
     else:
         with open(path, "w") as f:
             json.dump(current, f, indent=1)
+
+
+_RUN_ONLY = ("max_failure_rate",)  # options that steer a run without changing its outputs
 
 
 def _shard_path(shards_dir: str, key: str) -> str:
@@ -505,9 +630,7 @@ def _status(item: VideoItem, shards_dir: str, status_dir: str) -> Optional[dict]
     if os.path.exists(shard):  # complete shard, status lost in a crash right after it
         from data_pipeline import shards
 
-        reader = shards.open_reader(shard)
-        count = reader.num_records()
-        reader.close()
+        count = len(shards.shard_clips(shard))
         return {"source": item.source, "clips": count, "skipped": [], "stats": {"resumed": True}}
     return None
 
@@ -519,8 +642,12 @@ def _write_json(path: str, obj) -> None:
     os.replace(path + ".tmp", path)
 
 
-def _run_item(item: VideoItem, options: PreprocessOptions, shards_dir: str, status_dir: str) -> None:
-    """Processes one video into its shard and writes its status file (worker entry point)."""
+def _run_item(item: VideoItem, options: PreprocessOptions, shards_dir: str,
+              status_dir: str) -> Tuple[str, dict]:
+    """Processes one video into its shard and writes its status file (worker entry point);
+    returns (key, status). A failure other than a data error (iter_clips), e.g. a full
+    disk while writing, propagates: the shard's .tmp file is removed, no status is written,
+    and the video is redone on resume."""
     from data_pipeline import shards
 
     result = ProcessResult(item.key)
@@ -533,12 +660,14 @@ def _run_item(item: VideoItem, options: PreprocessOptions, shards_dir: str, stat
                     writer = stack.enter_context(shards.ShardWriter(_shard_path(shards_dir, item.key)))
                 writer.write(clip)
                 count += 1
-    except Exception as e:  # a failed write: the shard is removed, the video reported
-        count = 0
-        result.skipped.append((item.key, f"error: writing the shard failed: {type(e).__name__}: {e}"))
+    except Exception as e:
+        if not any("while preprocessing" in note for note in getattr(e, "__notes__", [])):
+            e.add_note(f"while preprocessing {item.source or video_io.display_path(item.path)} (key {item.key})")
+        raise
     status = {"source": item.source or video_io.display_path(item.path), "clips": count,
               "skipped": [list(s) for s in result.skipped], "stats": result.stats}
     _write_json(os.path.join(status_dir, item.key + ".json"), status)
+    return item.key, status
 
 
 def _report(statuses: Dict[str, dict], options, now: set, seconds: float) -> dict:

@@ -1,15 +1,21 @@
 """Raw talking-head videos -> clip shards + manifest + splits + report.json.
 
   python -m launch.preprocess --input FILE_OR_DIR --output DIR [--dataset folder|mead|hdtf] \
-      [--size 256] [--workers N] [--clip-seconds 5] [--min-clip-seconds 1] [--jpeg-quality 75] \
+      [--size 256] [--workers N] [--clip-seconds 5] [--min-clip-seconds 1] [--jpeg-quality 90] \
       [--detector dlib|haar|auto] [--detect-stride 5] [--enlargement 0.1] [--crop-span clip|tube] \
-      [--max-landmark-gap 15] [--multi-face largest|skip] [--short-audio trim|skip] \
-      [--allow-silent] [--max-seconds S] [--identity-seconds 1|off] [--identity-threshold 0.5] \
-      [--speaker-from stem|parent] [--audio-dir DIR] [--hdtf-test IDS]
+      [--max-landmark-gap 15] [--max-timestamp-gap 0.25] [--multi-face largest|skip] \
+      [--short-audio trim|skip] [--allow-silent] [--max-seconds S] [--max-failure-rate 0.2] \
+      [--identity-seconds 1|off] [--identity-threshold 0.5] [--speaker-from stem|parent] \
+      [--audio-dir DIR] [--hdtf-test IDS]
 
 Re-running with the same output directory resumes: finished videos are not redone.
 Writes DIR/shards/<key>.array_record, DIR/shards/manifest.json, DIR/shards/splits/ and
 DIR/report.json (clips per video, skipped items with reasons, timing).
+
+Exit status: 0 done; 1 no videos, a missing input or an ambiguous --audio-dir pairing;
+2 invalid options; 3 stopped because more than --max-failure-rate of the videos were
+skipped whole (the counts and first reasons are printed and in report.json). Any other
+error (a bug, a full disk) is raised with its traceback.
 """
 
 import argparse
@@ -47,10 +53,14 @@ def add_option_flags(p: argparse.ArgumentParser) -> None:
     flag(p, "crop-span", default=d.crop_span, choices=("clip", "tube"),
          help="crop square around the face over each clip, or over the whole track (official)")
     flag(p, "max-landmark-gap", type=int, default=d.max_landmark_gap)
+    flag(p, "max-timestamp-gap", type=float, default=d.max_timestamp_gap,
+         help="seconds between source frames beyond which the video has a hole: clips are cut there")
     flag(p, "multi-face", default=d.multi_face, choices=("largest", "skip"))
     flag(p, "short-audio", default=d.short_audio, choices=("trim", "skip"))
     flag(p, "allow-silent", action="store_true", help="silent clips for videos without audio")
     flag(p, "max-seconds", type=float, default=None, help="only the first seconds of each video")
+    flag(p, "max-failure-rate", type=float, default=d.max_failure_rate,
+         help="stop (exit 3) when more of the videos than this fraction are skipped whole")
     flag(p, "identity-seconds", type=_seconds_or_off, default=d.identity_seconds,
          help="seconds between face descriptors along a track, to split it where the person "
               "changes and label other people apart; off: no identity check")
@@ -58,7 +68,8 @@ def add_option_flags(p: argparse.ArgumentParser) -> None:
          help="face descriptor distance above which two faces are different people")
     flag(p, "speaker-from", default="stem", choices=("stem", "parent"), help="folder dataset")
     flag(p, "folder-name", default="folder", help="dataset name of a folder dataset")
-    flag(p, "audio-dir", default=None, help="separate audio files <stem>.<ext>")
+    flag(p, "audio-dir", default=None,
+         help="separate audio, paired by relative path: <audio-dir>/<dir>/<stem>.<ext>")
 
 
 def options_from(args: argparse.Namespace) -> preprocess.PreprocessOptions:
@@ -102,7 +113,7 @@ def main(argv=None) -> int:
         return 2
     try:
         items = datasets.discover(args.input, args.dataset, **find_kwargs(args))
-    except FileNotFoundError as e:
+    except (FileNotFoundError, datasets.DiscoveryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if not items:
@@ -110,8 +121,12 @@ def main(argv=None) -> int:
         return 1
     hdtf_test = sorted({datasets.hdtf_person(s) or s for s in args.hdtf_test.split(",") if s}) or None
     splits = {"other": args.other_split, "hdtf_test": hdtf_test}
-    report = preprocess.run_local(items, args.output, options, workers=args.workers,
-                                  progress=not args.quiet, splits=splits)
+    try:
+        report = preprocess.run_local(items, args.output, options, workers=args.workers,
+                                      progress=not args.quiet, splits=splits)
+    except preprocess.TooManyFailures as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     minutes = report["video_seconds"] / 60
     print(f"{report['num_items']} videos ({report['done_before']} done before): "
           f"{report['clips_written']} clips from {report['items_with_clips']} videos, "

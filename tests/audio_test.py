@@ -11,6 +11,7 @@ import av
 import librosa
 import numpy as np
 import pytest
+import soxr
 
 from data_pipeline import audio
 
@@ -241,3 +242,73 @@ def test_cli(tmp_path, samples_dir, reference):
     run = _cli(samples_dir / "mouth_source.mp4", "--out", tmp_path / "none.npz")
     assert run.returncode == 1 and "mouth_source.mp4: no audio stream" in run.stderr
     assert not (tmp_path / "none.npz").exists()
+
+
+def _write_pcm_wav(path, seconds, rate=48000, channels=2, seed=0):
+    """Noisy stereo speech-band signal as 16-bit PCM WAV (soundfile: independent of PyAV)."""
+    import soundfile
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t * (1 + 0.1 * np.sin(t)))
+    data = np.stack([tone + 0.05 * rng.standard_normal(len(t)) for _ in range(channels)], 1)
+    soundfile.write(path, data, rate, subtype="PCM_16")
+    return path
+
+
+@pytest.mark.parametrize("chunk_seconds", [0.05, 0.7, audio.CHUNK_SECONDS])
+def test_chunked_resampling_equals_one_shot(tmp_path, chunk_seconds):
+    """Streaming soxr over chunks = one soxr call over the whole track. Tolerance 1e-6
+    (one float32 ulp at these levels); with soxr 1.1 the two are bit-identical."""
+    import soundfile
+    path = _write_pcm_wav(tmp_path / "long.wav", 3.3)
+    raw, rate = soundfile.read(path, dtype="float32")
+    expected = soxr.resample(raw.mean(axis=1), rate, audio.SAMPLE_RATE, quality="HQ")
+    chunks = list(audio.iter_audio(path, chunk_seconds=chunk_seconds))
+    got = np.concatenate(chunks)
+    assert got.dtype == np.float32 and len(got) == len(expected) == int(3.3 * 16000)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # Each chunk covers about chunk_seconds of the source (plus a codec frame and the
+    # resampler's delay), never the whole.
+    assert max(len(c) for c in chunks) <= (chunk_seconds + 0.2) * audio.SAMPLE_RATE
+    np.testing.assert_array_equal(audio.load_audio(path), got)
+
+
+def _traced_peak(fn):
+    """Peak bytes of Python and numpy allocations while fn() runs (tracemalloc)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_chunk_size_bounds_what_is_held(tmp_path):
+    path = _write_pcm_wav(tmp_path / "minute.wav", 60)  # 48 kHz stereo: 23 MB as float32
+    small = _traced_peak(lambda: [None for _ in audio.iter_audio(path, chunk_seconds=1.0)])
+    large = _traced_peak(lambda: [None for _ in audio.iter_audio(path, chunk_seconds=20.0)])
+    assert small < 1.5e6  # ~1 s of 48 kHz samples (0.2 MB mono) and its pieces
+    assert large > 5 * small  # held data grows with the chunk, not with the track
+    whole = _traced_peak(lambda: audio.load_audio(path))
+    assert whole > 3.84e6  # the 16 kHz result itself: 60 s x 16000 x 4 bytes
+
+
+def test_spooled_audio_reads_ranges_of_the_shifted_track(tmp_path):
+    path = _write_pcm_wav(tmp_path / "a.wav", 2.0, rate=44100)
+    wav = audio.load_audio(path)
+    n = len(wav)
+    for offset in (0, 1234, -777):
+        shifted = np.pad(wav, (offset, 0)) if offset > 0 else wav[-offset:]
+        with audio.SpooledAudio(path, offset=offset, chunk_seconds=0.3, directory=tmp_path) as track:
+            assert os.listdir(tmp_path) == ["a.wav"]  # the spool file is anonymous
+            assert len(track) == len(shifted) == n + offset
+            for a, b in [(0, 640), (500, 5000), (n - 100, n + 2000), (len(track) - 10, len(track)), (7, 7)]:
+                np.testing.assert_array_equal(track[a:b], shifted[a:b])
+            with pytest.raises(TypeError):
+                track[::2]
+    with pytest.raises(audio.AudioError, match="missing.wav: no such file"):
+        audio.SpooledAudio(tmp_path / "missing.wav")
+    minute = _write_pcm_wav(tmp_path / "m.wav", 60)
+    peak = _traced_peak(lambda: audio.SpooledAudio(minute, chunk_seconds=1.0).close())
+    assert peak < 1.5e6  # a minute of audio spooled with about a second in memory

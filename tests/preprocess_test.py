@@ -2,6 +2,7 @@
 
 import collections
 import dataclasses
+import fractions
 import json
 import os
 import shutil
@@ -261,7 +262,9 @@ def test_hdtf_splits_hold_out_people_not_videos(media, tmp_path):
 def test_run_local_reports_every_bad_input(media, tmp_path):
     items = datasets.discover(str(media / "raw"), "folder")
     assert len(items) == 9
-    report = preprocess.run_local(items, tmp_path / "out", FAST, workers=2, progress=False)
+    # 4 of 9 fail: allowed here by the failure-rate limit (test_failure_rate_limit_stops_a_run).
+    report = preprocess.run_local(items, tmp_path / "out", dataclasses.replace(FAST, max_failure_rate=0.5),
+                                  workers=2, progress=False)
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     assert on_disk["clips_written"] == report["clips_written"] > 0
     status = {k: v for k, v in on_disk["items"].items()}
@@ -310,7 +313,8 @@ def test_resume_skips_finished_videos_and_redoes_interrupted_ones(media, tmp_pat
 def test_cli_killed_and_rerun(media, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "launch.preprocess", "--input", str(media / "raw"), "--output", str(out),
-           "--size", "96", "--clip-seconds", "1", "--min-clip-seconds", "0.4", "--quiet"]
+           "--size", "96", "--clip-seconds", "1", "--min-clip-seconds", "0.4", "--max-failure-rate", "0.5",
+           "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline and len(list((out / "status").glob("*.json"))) < 2:
@@ -364,3 +368,158 @@ def test_discovery_layouts(tmp_path):
     assert [i.key for i in single] == ["WDA_BarackObama_000"]
     with pytest.raises(FileNotFoundError):
         datasets.discover(str(tmp_path / "missing"), "folder")
+
+
+class _CameraWriter(video_io.VideoWriter):
+    """A VideoWriter that also writes what phones and anamorphic cameras write: a display
+    matrix (`rotation` degrees counter-clockwise, PyAV's set_display_rotation) and a
+    sample aspect ratio."""
+
+    def __init__(self, path, rotation=0, sar=None, **kwargs):
+        super().__init__(path, **kwargs)
+        self.rotation, self.sar = rotation, sar
+
+    def _open_stream(self, height, width):
+        super()._open_stream(height, width)
+        if self.rotation:
+            self.stream.set_display_rotation(self.rotation)
+        if self.sar is not None:
+            self.stream.codec_context.sample_aspect_ratio = self.sar
+
+
+def _eyes_above_mouth(clip):
+    rows = clip["landmarks"][clip["landmark_valid"]]
+    eyes = rows[:, list(schema.LEFT_EYE + schema.RIGHT_EYE), 1].mean(1)
+    return len(rows) and bool((rows[:, list(schema.MOUTH), 1].min(1) > eyes).all())
+
+
+def test_rotated_phone_clip_is_upright(samples_dir, tmp_path):
+    upright = _moving(_face(samples_dir), 40)
+    stored = np.ascontiguousarray(np.rot90(upright, -1, axes=(1, 2)))  # the sensor's frames: turned clockwise
+    path = tmp_path / "phone.mp4"
+    with _CameraWriter(path, rotation=90, audio=_speech(samples_dir, 1.6)) as writer:
+        writer.write(stored)
+    assert len(faces.detect(cv2.cvtColor(stored[0], cv2.COLOR_RGB2GRAY))) == 0  # sideways: "no face"
+    result = preprocess.process(VideoItem(path=str(path), key="phone"), FAST)
+    assert result.clips and not result.skipped, result.skipped
+    assert result.stats["rotation"] == 270  # degrees clockwise that make it upright
+    assert all(_eyes_above_mouth(c) for c in result.clips)
+    frame = shards.decode_jpeg(result.clips[0]["frames"][0])
+    assert len(faces.detect(cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY))) == 1
+
+
+def _eye_spacing(rows):
+    """Distance between the eye centres over the eye-to-mouth height: 2x wider when a face
+    is squashed to half its height, halved when squashed to half its width."""
+    left, right = rows[list(schema.LEFT_EYE)].mean(0), rows[list(schema.RIGHT_EYE)].mean(0)
+    mouth = rows[list(schema.MOUTH)].mean(0)
+    return np.linalg.norm(right - left) / abs(mouth[1] - (left[1] + right[1]) / 2)
+
+
+def test_anamorphic_clip_is_not_squashed(samples_dir, tmp_path):
+    face = _face(samples_dir)
+    gray = cv2.cvtColor(face, cv2.COLOR_RGB2GRAY)
+    truth = _eye_spacing(faces.landmarks(gray, faces.detect(gray)[0]))
+    frames = _moving(face, 30)
+    squeezed = np.stack([cv2.resize(f, (128, 256), interpolation=cv2.INTER_AREA) for f in frames])
+    path = tmp_path / "anamorphic.mp4"  # pixels twice as wide as high: 128 stored columns show 256
+    with _CameraWriter(path, sar=fractions.Fraction(2, 1), audio=_speech(samples_dir, 1.2)) as writer:
+        writer.write(squeezed)
+    result = preprocess.process(VideoItem(path=str(path), key="wide"), FAST)
+    assert result.clips and result.stats["width"] == 256 and result.stats["sample_aspect_ratio"] == 2.0
+    spacing = np.median([_eye_spacing(r) for c in result.clips for r in c["landmarks"]])
+    assert abs(spacing / truth - 1) < 0.1, (spacing, truth)  # squashed it would be about 0.5
+
+
+def test_timestamp_gap_cuts_the_clip(samples_dir, tmp_path):
+    # 1.52 s of video, a 2 s hole (no frame between 1.48 s and 3.52 s), 1.52 s more.
+    times = [i * 0.04 for i in range(38)] + [3.52 + i * 0.04 for i in range(38)]
+    path = tmp_path / "hole.mp4"
+    video_io.write_video(path, _moving(_face(samples_dir), 76), times=times, audio=_speech(samples_dir, 5.1))
+    result = preprocess.process(VideoItem(path=str(path), key="hole"), FAST)
+    assert result.stats["frames"] == 126 and result.stats["timestamp_gaps"] == [[38, 88]]
+    assert ("hole@1.52-3.52", "timestamp gap: no video frame for 2.00 s; the clip is cut there (frames are "
+            "not held across it)") in result.skipped
+    spans = [tuple(float(x) for x in c["meta"]["source"].split("@")[1].split("-")) for c in result.clips]
+    assert spans and any(a >= 3.52 for a, _ in spans) and any(b <= 1.52 for _, b in spans)
+    assert all(b <= 1.52 or a >= 3.52 for a, b in spans), spans  # no clip spans the hole
+    for clip in result.clips:  # moving, not frozen: every frame differs from the one before
+        frames = shards.decode_jpegs(clip["frames"]).astype(np.float32)
+        assert np.abs(np.diff(frames, axis=0)).mean(axis=(1, 2, 3)).min() > 0.5
+
+
+def test_same_named_takes_pair_with_their_own_audio(tmp_path):
+    def touch(rel):
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+
+    for rel in ("videos/alice/take1.mp4", "videos/bob/take1.mp4", "videos/carol/solo.mp4",
+                "audio/alice/take1.wav", "audio/bob/take1.m4a", "audio/solo.wav"):
+        touch(rel)
+    items = {i.source: i for i in datasets.discover(str(tmp_path / "videos"), "folder",
+                                                    audio_dir=str(tmp_path / "audio"))}
+    assert items["alice/take1.mp4"].audio_path == str(tmp_path / "audio/alice/take1.wav")
+    assert items["bob/take1.mp4"].audio_path == str(tmp_path / "audio/bob/take1.m4a")
+    assert items["carol/solo.mp4"].audio_path == str(tmp_path / "audio/solo.wav")  # by name: unambiguous
+    # A file that matches both takes by name only is refused, naming both videos.
+    (tmp_path / "audio/bob/take1.m4a").unlink()
+    touch("audio/take1.wav")
+    with pytest.raises(datasets.DiscoveryError, match=r"take1.wav <- alice/take1.mp4, bob/take1.mp4"):
+        datasets.discover(str(tmp_path / "videos"), "folder", audio_dir=str(tmp_path / "audio"))
+    from launch import preprocess as cli
+    assert cli.main(["--input", str(tmp_path / "videos"), "--output", str(tmp_path / "out"),
+                     "--audio-dir", str(tmp_path / "audio"), "--quiet"]) == 1
+    # HDTF (flat) pairs by name as before.
+    touch("hdtf/WDA_A_000.mp4")
+    touch("hdtf_audio/WDA_A_000.wav")
+    (hdtf,) = datasets.discover(str(tmp_path / "hdtf"), "hdtf", audio_dir=str(tmp_path / "hdtf_audio"))
+    assert hdtf.audio_path == str(tmp_path / "hdtf_audio/WDA_A_000.wav")
+
+
+def test_programming_error_inside_processing_fails_loudly(media, tmp_path, monkeypatch):
+    def broken(wav, num_frames=None, fps=25):
+        return np.zeros((3,)) + np.zeros((4,))  # a numpy shape bug (ValueError)
+
+    monkeypatch.setattr(audio, "mel_windows", broken)
+    item = next(it for it in datasets.discover(str(media / "raw"), "folder") if it.key == "good")
+    with pytest.raises(ValueError, match="could not be broadcast") as e:
+        preprocess.process(item, FAST)
+    assert "while preprocessing good.mp4" in "".join(e.value.__notes__)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        preprocess.run_local([item], out, FAST, progress=False)
+    # Not recorded as done (redone on resume), no partial shard, no report.
+    assert not list((out / "status").iterdir())
+    assert not (out / "shards").exists() or not list((out / "shards").iterdir())
+    assert not (out / "report.json").exists()
+
+
+def test_failure_rate_limit_stops_a_run(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(3):
+        (raw / f"bad{i}.avi").write_bytes(b"\x00not a video" * 10)
+    out = tmp_path / "out"
+    items = datasets.discover(str(raw), "folder")
+    with pytest.raises(preprocess.TooManyFailures, match=r"2 of 2 finished videos were skipped whole") as e:
+        preprocess.run_local(items, out, dataclasses.replace(FAST, max_failure_rate=0.5), progress=False)
+    assert "bad0: bad video: " in str(e.value) and "bad1: bad video: " in str(e.value)
+    report = json.loads((out / "report.json").read_text())
+    assert report["stopped"] and report["failures"]["skipped_whole"] == 2 and report["num_items"] == 3
+    assert not (out / "shards" / "manifest.json").exists()
+    # The command line: exit 3 with the reasons; a resumed run stops again at once.
+    from launch import preprocess as cli
+    args = ["--input", str(raw), "--output", str(out), "--size", "96", "--clip-seconds", "1",
+            "--min-clip-seconds", "0.4", "--quiet"]
+    assert cli.main(args + ["--max-failure-rate", "0.5"]) == 3
+    assert "more than max_failure_rate=0.5 allows" in capsys.readouterr().err
+    assert len(list((out / "status").iterdir())) == 2
+    # Raising the limit (it may change between runs of one directory) finishes the run.
+    assert cli.main(args + ["--max-failure-rate", "1"]) == 0
+    assert json.loads((out / "report.json").read_text())["items_skipped"] == 3
+    # Many videos: the share of those finished decides once 20 have finished.
+    many = [VideoItem(path=str(raw / "bad0.avi"), key=f"v{i}", source=f"v{i}") for i in range(60)]
+    with pytest.raises(preprocess.TooManyFailures, match=r"20 of 20 finished .* 60 videos in all"):
+        preprocess.run_local(many, tmp_path / "many", dataclasses.replace(FAST, max_failure_rate=0.5),
+                             progress=False)

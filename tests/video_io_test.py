@@ -1,5 +1,6 @@
 """video_io: constant 25 fps by timestamps, pixel formats, odd sizes, containers, errors."""
 
+import fractions
 import math
 import os
 import subprocess
@@ -134,3 +135,99 @@ def test_bad_inputs_raise_video_error_naming_the_file(tmp_path):
         with pytest.raises(video_io.VideoError, match=str(path.name)) as e:
             video_io.read_frames(path)
         assert words in str(e.value)
+
+
+def _blocks(h=48, w=64, seed=0):
+    """A frame of 8x8 random blocks: any rotation or flip of it is a different image."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h // 8, w // 8, 3)).repeat(8, 0).repeat(8, 1).astype(np.uint8)
+
+
+def _write_oriented(path, image, degrees=0, hflip=False, vflip=False, sar=None, tags=None):
+    """One lossless h264 frame with a display matrix (PyAV's set_display_rotation: degrees
+    counter-clockwise, then the flips), a sample aspect ratio, or stream tags."""
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25, options={"qp": "0"})
+        s.width, s.height, s.pix_fmt = image.shape[1], image.shape[0], "yuv444p"
+        if degrees or hflip or vflip:
+            s.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
+        if sar is not None:
+            s.codec_context.sample_aspect_ratio = sar
+        s.metadata.update(tags or {})
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(image, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode())
+
+
+@pytest.mark.parametrize("degrees", [0, 90, -90, 180])
+@pytest.mark.parametrize("hflip", [False, True])
+def test_display_matrix_is_applied_as_ffmpeg_autorotates(tmp_path, degrees, hflip):
+    path = tmp_path / "phone.mp4"
+    image = _blocks()
+    _write_oriented(path, image, degrees, hflip=hflip)
+    ours = video_io.read_frames(path)
+    # The reference: FFmpeg's command line, which applies the display matrix by default.
+    raw = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-i", str(path), "-f", "rawvideo",
+                          "-pix_fmt", "rgb24", "-"], capture_output=True, check=True).stdout
+    upright = (64, 48) if degrees in (90, -90) else (48, 64)
+    assert ours.shape == (3,) + upright + (3,)
+    expected = np.frombuffer(raw, np.uint8).reshape(3, *upright, 3)
+    assert np.abs(ours.astype(int) - expected).max() <= 2
+    info = video_io.probe(path)
+    assert (info.height, info.width) == upright and (info.coded_height, info.coded_width) == (48, 64)
+    if not hflip:  # a pure rotation: the frame turned clockwise by info.rotation degrees
+        assert info.rotation == (-degrees) % 360
+        np.testing.assert_array_equal(np.abs(ours[0].astype(int) - np.rot90(image, -info.rotation // 90)) <= 2, True)
+    assert info.mirrored == hflip
+
+
+def test_rotate_tag_and_resized_gray_frames(tmp_path):
+    path = tmp_path / "tagged.mkv"  # older files: a stream tag (degrees clockwise), no matrix
+    image = _blocks()
+    _write_oriented(path, image, tags={"rotate": "90"})
+    frames = video_io.read_frames(path)
+    assert np.abs(frames[0].astype(int) - np.rot90(image, -1)).max() <= 2
+    # size is of the upright image; gray frames are turned too.
+    gray = [f for _, f in video_io.iter_frames(path, size=(24, 32), gray=True)]
+    assert gray[0].shape == (32, 24) and gray[0].flags.c_contiguous
+
+
+@pytest.mark.parametrize("sar,shape", [((2, 1), (48, 64)), ((1, 2), (96, 32))])
+def test_sample_aspect_ratio_gives_square_pixels(tmp_path, samples_dir, sar, shape):
+    import cv2
+    face = cv2.cvtColor(cv2.imread(str(samples_dir / "identity_source.jpg")), cv2.COLOR_BGR2RGB)
+    face = cv2.resize(face, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    # Anamorphic storage: the pixels are sar[0]:sar[1] wide, so fewer of them are stored.
+    stored = cv2.resize(face, (shape[1] * sar[1] // sar[0], shape[0]) if sar[0] > sar[1]
+                        else (shape[1], shape[0] * sar[0] // sar[1]), interpolation=cv2.INTER_AREA)
+    path = tmp_path / "anamorphic.mp4"
+    _write_oriented(path, stored, sar=fractions.Fraction(*sar))
+    info = video_io.probe(path)
+    assert (info.height, info.width) == shape and info.sample_aspect_ratio == sar[0] / sar[1]
+    frame = video_io.read_frames(path)[0]
+    assert frame.shape == shape + (3,)
+    assert np.abs(frame.astype(float) - face).mean() < 8  # the face, not a squashed one
+    squashed = cv2.resize(stored, (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+    assert np.abs(frame.astype(float) - face).mean() < np.abs(squashed.astype(float) - face).mean()
+
+
+def test_timestamp_gap_is_a_hole_not_a_held_frame(tmp_path):
+    # 25 fps with a 2 s hole: frames at 0..1.00 s, then 3.00..3.96 s.
+    times = [i * 0.04 for i in range(26)] + [3.0 + i * 0.04 for i in range(25)]
+    path = tmp_path / "hole.mp4"
+    video_io.write_video(path, _coded(51, step=5), times=times)
+    held = video_io.FrameStream(path)
+    got = [int(round(f.mean() / 5)) for _, f in held]
+    assert len(got) == 100 and got.count(25) == 50 and held.gaps == []  # no limit: frozen for 2 s
+    stream = video_io.FrameStream(path, max_gap=0.25)
+    frames = list(stream)
+    assert stream.num_frames == 100 and stream.gaps == [(26, 75)]
+    assert stream.segments() == [(0, 26), (75, 100)] and stream.segments(80) == [(0, 26), (75, 80)]
+    assert [k for k, _ in frames] == list(range(26)) + list(range(75, 100))
+    assert [int(round(f.mean() / 5)) for _, f in frames] == list(range(26)) + list(range(26, 51))
+    longer = video_io.FrameStream(path, max_gap=2.5)  # a hole shorter than the limit is held
+    assert len(list(longer)) == 100 and longer.gaps == []
+    strided = video_io.FrameStream(path, stride=5, max_gap=0.25, max_seconds=2.0)
+    assert [k for k, _ in strided] == [0, 5, 10, 15, 20, 25] and strided.gaps == [(26, 50)]
