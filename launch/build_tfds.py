@@ -5,10 +5,11 @@
       [--beam-runner DirectRunner --beam-options "--direct_num_workers=2 --direct_running_mode=multi_processing"]
 
 Without --beam-runner the examples are made by a local process pool; with it, by Apache
-Beam (this package must be installed on the Beam workers). Writes OUT/<name>/1.0.0/
+Beam (this package must be installed on the Beam workers). Writes OUT/<name>/2.0.0/
 (name: mead_clips, hdtf_clips or folder_clips); read it with
-`data_pipeline.tfds_builders.open_tfds_clips(OUT/<name>/1.0.0, split)`.
-Use this entry point, not `tfds build` (which imports TensorFlow).
+`data_pipeline.tfds_builders.open_tfds_clips(OUT/<name>/2.0.0, split)`.
+Use this entry point, not `tfds build` (which imports TensorFlow). Exit status: 0 built,
+2 invalid options, 3 stopped by the local pool's --max-failure-rate (launch.preprocess).
 """
 
 import argparse
@@ -48,7 +49,13 @@ def main(argv=None) -> int:
         config = tfds.download.DownloadConfig(
             manual_dir=args.manual_dir, beam_runner=args.beam_runner,
             beam_options=PipelineOptions(shlex.split(args.beam_options)))
-    builder.download_and_prepare(download_config=config)
+    from data_pipeline import preprocess
+
+    try:
+        builder.download_and_prepare(download_config=config)
+    except preprocess.TooManyFailures as e:  # the local pool's failure-rate limit
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     splits = {name: len(clips) for name, clips in builder.info.metadata["index"].items()}
     print(f"{builder.data_dir}: {splits} clips")
     if builder.report is not None:
