@@ -9,7 +9,7 @@ statistics updating), the lip-pose generator and D frozen, D only scoring.
   python -m launch.train --config=configs/stage4.py:tiny --workdir=/tmp/stage4
 
 Lip/pose targets come from the starting generator: stored ones (data.targets) are
-reused, missing ones are computed before training (data_pipeline.targets).
+reused, missing ones are computed before training (data_pipeline.loaders.targets).
 `--config.optimizer.freeze='("^gen/(?!dec/)", "^audio2lip/audio_encoder_")'` also
 trains the decoder (official --train_generator).
 """

@@ -1,8 +1,14 @@
-"""EDTalk data pipeline: clip records, shards, audio front end, preprocessing, loaders.
+"""EDTalk data pipeline, in the order data flows:
 
-Importing the package is cheap: submodules load their dependencies (array_record,
-grain, librosa, OpenCV) only when imported, so `import data_pipeline.audio` does not
-pull in the shard reader.
+  preprocess/  raw video -> clips: decoding, audio, faces, speaker identity, runners
+  synthetic/   procedurally drawn talking heads with ground-truth factors
+  records/     the clip schema, the record format and shard files, readers, splits
+  loaders/     clips -> per-stage training batches (grain), stage-4 targets
+
+`num_clips(dir)` and `read_clip(dir, i)` read any dataset directory. Importing the
+package is cheap: sub-packages load their dependencies (array_record, grain, librosa,
+OpenCV) only when imported, so `import data_pipeline.preprocess.audio` does not pull in
+the shard reader.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ def num_clips(shards_dir: str | os.PathLike) -> int:
 def read_clip(shards_dir: str | os.PathLike, index: int) -> dict:
     """Clip `index` (global manifest order) fully decoded: frames uint8 (T, H, W, 3) RGB,
     mel_windows (T, 80, 16), landmarks (T, 68, 2) in crop pixels, landmark_valid, audio,
-    factors and meta (data_pipeline.schema)."""
+    factors and meta (data_pipeline.records.schema)."""
     return _store(*_key(shards_dir)).clip(index)
 
 
@@ -36,7 +42,7 @@ def _key(shards_dir) -> tuple[str, float]:
 
 @functools.lru_cache(maxsize=4)
 def _store(path: str, mtime: float):
-    from data_pipeline import shards
+    from data_pipeline.records import directory
 
     del mtime  # only part of the cache key
-    return shards.open_clips(path)
+    return directory.open_clips(path)

@@ -32,7 +32,7 @@ from edtalk_jax.steps import STAGES, common
 
 # Fields holding weight files: blanked for the checks (a compile needs none of them).
 WEIGHT_FILES = ("init_from", "resume_from", "perceptual.path", "syncnet.path", "audio2lip.init")
-MEL_WINDOW = (80, 16)  # mel bins x steps per frame window (data_pipeline.audio)
+MEL_WINDOW = (80, 16)  # mel bins x steps per frame window (data_pipeline.preprocess.audio)
 # compiled.memory_analysis() fields reported (as <name>_bytes_per_device).
 MEMORY_FIELDS = ("temp", "argument", "output", "alias", "generated_code", "peak_memory")
 

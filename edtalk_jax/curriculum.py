@@ -62,13 +62,14 @@ def demo_video(workdir: str, data_dir: str, checkpoint: str, progress: bool = Tr
     (reference.mp4) and the inputs; the command that renders it is in the result."""
     import cv2
 
-    from data_pipeline import audio as audio_lib
-    from data_pipeline import shards, video_io
+    from data_pipeline.preprocess import audio as audio_lib
+    from data_pipeline.preprocess import video_io
+    from data_pipeline.records import directory
     from edtalk_jax import infer
 
     out = os.path.join(workdir, "demo")
     os.makedirs(out, exist_ok=True)
-    clip = shards.open_clips(data_dir, "test").clip(0)
+    clip = directory.open_clips(data_dir, "test").clip(0)
     paths = {k: os.path.join(out, f) for k, f in (("source", "source.png"), ("audio", "speech.wav"),
                                                   ("pose", "pose.mp4"), ("reference", "reference.mp4"),
                                                   ("out", "talking.mp4"))}
@@ -121,8 +122,8 @@ def run(config, workdir: str, progress: bool = True) -> Dict[str, Any]:
         start = time.perf_counter()
         if not stage.data.shards_dir:  # the first stage builds the dataset for all of them
             train.prepare_data(stage, workdir, stage.model.size, progress)
-            from data_pipeline import shards
-            shards.write_splits(data_dir, other_test_fraction=config.test_fraction)
+            from data_pipeline.records import splits
+            splits.write_splits(data_dir, other_test_fraction=config.test_fraction)
             with stage.unlocked():
                 stage.data.shards_dir = data_dir
         final = train.train_and_evaluate(stage, stage_dir, progress=progress)

@@ -86,9 +86,10 @@ def collect(coeff_fn, data_dir: str, test_keys: Iterable[str], size: int) -> tup
     """(clips for score_matrix, factor names) of every clip in a shard directory that has
     ground-truth factors. coeff_fn: frames float32 (N, S, S, 3) in [-1, 1] -> {space:
     (N, K)} (inference.coefficient_fn); frames are resized to `size` as the loaders do."""
-    from data_pipeline import shards, targets
+    from data_pipeline.loaders import images
+    from data_pipeline.records import shards, source
 
-    store = shards.ClipStore(data_dir)
+    store = source.ClipStore(data_dir)
     test_keys = set(test_keys)
     clips, names = [], None
     for g in range(len(store)):
@@ -102,7 +103,7 @@ def collect(coeff_fn, data_dir: str, test_keys: Iterable[str], size: int) -> tup
             raise ValueError(f"{data_dir}: clip {shards.clip_key(meta)} has factors {clip_names}, "
                              f"others {names}")
         clip = store.clip(g)
-        frames = targets.resize_frames(clip["frames"], size).astype(np.float32) / 127.5 - 1
+        frames = images.to_float(images.resize_frames(clip["frames"], size))
         clips.append({"test": shards.clip_key(meta) in test_keys, "coeffs": coeff_fn(frames),
                       "factors": clip["factors"]})
     if names is None:

@@ -54,8 +54,9 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
     FID pools the frames of every clip (one distance for the split)."""
     from tqdm import tqdm
 
-    from data_pipeline import audio as audio_lib
-    from data_pipeline import shards, targets
+    from data_pipeline.preprocess import audio as audio_lib
+    from data_pipeline.loaders import images
+    from data_pipeline.records import directory
     from edtalk_jax import disentanglement, fid
 
     from edtalk_jax import initialize
@@ -63,7 +64,7 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
     model, variables, cfg, _ = initialize.load_generator(checkpoint)
     size = int(cfg["size"])
     try:
-        store = shards.open_clips(shards_dir, split)
+        store = directory.open_clips(shards_dir, split)
     except (FileNotFoundError, ValueError) as e:
         raise evaluation.EvaluationError(f"{shards_dir}: {e}") from None
     count = len(store) if max_clips is None else min(len(store), max_clips)
@@ -78,7 +79,7 @@ def evaluate_checkpoint(checkpoint: str, shards_dir: str, split: str = "test",
     frames_total, skipped, notes = 0, {}, []
     for i in tqdm(range(count), desc="clips", disable=not progress):
         record = store.clip(i)
-        clip = targets.resize_frames(record["frames"], size)
+        clip = images.resize_frames(record["frames"], size)
         pred = render(variables, clip[0], clip)
         scored = evaluation.evaluate(pred, clip, [m for m in metrics if m != "fid"], networks=networks,
                                      audio=audio_lib.int16_to_wav(record["audio"]))

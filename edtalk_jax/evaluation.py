@@ -16,7 +16,7 @@ groups (`METRICS`) and the numbers they report:
   package is never imported), the network is `edtalk_jax.models.vgg.VGGFeatures`.
 - "lmd" -> `m_lmd`, `f_lmd`: mean L2 distance of dlib 68-point landmarks, mouth
   (points 48-67) and all 68, in pixels of the reference frame size (pred landmarks are
-  scaled to it when sizes differ). Faces come from `data_pipeline.faces` (dlib HOG,
+  scaled to it when sizes differ). Faces come from `data_pipeline.preprocess.faces` (dlib HOG,
   largest face; HOG needs faces of ~80 px or more). Frames without a face in pred or ref
   are left out and counted (`lmd_frames_without_face`); with none left, both metrics
   go to `skipped`.
@@ -49,7 +49,7 @@ without the file the metric is reported in `skipped`, never as a number:
   checkpoint mode pools every clip).
 
 `evaluate(pred, ref)` scores arrays; `evaluate_files` decodes two videos
-(`data_pipeline.video_io`, both at the reference's frame rate) and adds `inputs`;
+(`data_pipeline.preprocess.video_io`, both at the reference's frame rate) and adds `inputs`;
 `launch.evaluate` is the command line. Both videos are held in memory (T x H x W x 3
 bytes each): `max_frames` bounds long ones.
 """
@@ -160,9 +160,9 @@ def lpips_per_frame(pred: np.ndarray, ref: np.ndarray, batch_size: int = LPIPS_B
 
 
 def resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Frames resized to (height, width) by the loaders' rule (data_pipeline.targets)."""
-    from data_pipeline import targets
-    return targets.resize_frames(frames, (height, width))
+    """Frames resized to (height, width) by the loaders' rule (data_pipeline.loaders.images)."""
+    from data_pipeline.loaders import images
+    return images.resize_frames(frames, (height, width))
 
 
 # ------------------------------------------------------------------ face metrics
@@ -183,7 +183,7 @@ def find_faces(frames: np.ndarray, progress: bool = False, desc: str = "faces") 
     """Each frame on its own (no tracking): dlib HOG, the largest box, its 68 landmarks."""
     import cv2
 
-    from data_pipeline import faces
+    from data_pipeline.preprocess import faces
 
     boxes = np.full((len(frames), 4), np.nan, np.float32)
     points = np.full((len(frames), 68, 2), np.nan, np.float32)
@@ -212,9 +212,9 @@ def landmark_distances(pred_points: np.ndarray, ref_points: np.ndarray,
 
 def face_descriptors(frames: np.ndarray, track: FaceTrack, progress: bool = False,
                      desc: str = "identity") -> np.ndarray:
-    """(T, 128) dlib face descriptors (data_pipeline.identity) of the tracked faces; NaN
+    """(T, 128) dlib face descriptors (data_pipeline.preprocess.identity) of the tracked faces; NaN
     rows where there is none."""
-    from data_pipeline import identity
+    from data_pipeline.preprocess import identity
 
     out = np.full((len(frames), 128), np.nan, np.float64)
     for t in _progress(np.flatnonzero(track.found), progress, desc):
@@ -366,7 +366,7 @@ def evaluate(pred: np.ndarray, ref: np.ndarray, metrics: Sequence[str] = METRICS
 
 def read_video(path: str, fps: int, max_frames: Optional[int] = None) -> np.ndarray:
     """uint8 (T, H, W, 3) RGB frames at `fps` (video_io's timestamp resampling), at most max_frames."""
-    from data_pipeline import video_io
+    from data_pipeline.preprocess import video_io
 
     frames = []
     stream = video_io.iter_frames(path, fps=fps)
@@ -390,8 +390,8 @@ def evaluate_files(pred_path: str, ref_path: str, metrics: Sequence[str] = METRI
     frame rate (25 when it does not say). Frame counts must match unless `trim` (then
     the common first frames are scored). LSE's audio: `audio_path`, else the pred video's
     own track."""
-    from data_pipeline import video_io
-    from data_pipeline.schema import FPS
+    from data_pipeline.preprocess import video_io
+    from data_pipeline.records.schema import FPS
 
     for flag, path in (("--pred", pred_path), ("--ref", ref_path)):
         if not os.path.isfile(path):
@@ -418,7 +418,7 @@ def evaluate_files(pred_path: str, ref_path: str, metrics: Sequence[str] = METRI
                   pred_resized=pred.shape[1:3] != ref.shape[1:3])
     audio = None
     if "lse" in metrics and networks is not None and networks.syncnet is not None:
-        from data_pipeline import audio as audio_lib
+        from data_pipeline.preprocess import audio as audio_lib
         source = audio_path or (pred_path if info["pred"].has_audio else None)
         if source is not None:
             try:

@@ -45,12 +45,10 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional
 import jax
 import numpy as np
 
-from data_pipeline import audio as audio_lib
-from data_pipeline import faces, video_io
+from data_pipeline.preprocess import PreprocessOptions, audio as audio_lib, faces, video_io
 from data_pipeline.loaders import to_float
-from data_pipeline.preprocess import PreprocessOptions
-from data_pipeline.schema import FPS
-from data_pipeline.targets import resize_frames
+from data_pipeline.records.schema import FPS
+from data_pipeline.loaders.images import resize_frames
 from edtalk_jax import inference, metrics
 from edtalk_jax.models.generator import Generator
 

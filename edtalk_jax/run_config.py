@@ -141,11 +141,11 @@ def resolve_model(config, source: Optional[Mapping[str, Any]] = None,
 def resolve_data_dir(config, workdir: str) -> str:
     """config.data.shards_dir as a directory the readers open ("" = WORKDIR/data, the
     synthetic dataset, built by the caller)."""
-    from data_pipeline import shards
+    from data_pipeline.records import directory
 
     if not config.data.shards_dir:
         return os.path.join(workdir, "data")
     try:
-        return shards.resolve_dataset_dir(config.data.shards_dir)
+        return directory.resolve_dataset_dir(config.data.shards_dir)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"data.shards_dir: {e}") from None

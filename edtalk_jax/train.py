@@ -78,7 +78,7 @@ def make_context(config, models: initialize.Models, abstract_params) -> common.C
     freeze = tuple(o.freeze)
     mults = tuple((p, float(m)) for p, m in o.lr_multipliers)
     g_params = common.g_side(abstract_params)
-    from data_pipeline import stages as data_stages
+    from data_pipeline.loaders import stages as data_stages
     return common.Context(
         name=config.stage, models=models.as_dict(), weights=weights, loss_cfg=config.loss, config=config,
         compute_losses=spec.compute_losses, image_keys=data_stages.IMAGE_KEYS[spec.data_stage],
@@ -235,7 +235,7 @@ class Run:
 
     def _ensure_targets(self):
         """Stage 4 targets: reused when stored, else computed with the run's lip-pose model."""
-        from data_pipeline import targets
+        from data_pipeline.loaders import targets
         name = self.config.data.targets
         try:
             targets.load_targets(self.data_dir, name, size=self.config.model.size)
@@ -255,8 +255,9 @@ class Run:
 
     def _lip_mean(self) -> np.ndarray:
         """The mean lip target over the training split's clips (lip_dim,)."""
-        from data_pipeline import shards, targets
-        store = shards.open_clips(self.data_dir, self.config.data.split or None)
+        from data_pipeline.loaders import targets
+        from data_pipeline.records import directory
+        store = directory.open_clips(self.data_dir, self.config.data.split or None)
         stored = targets.load_targets(self.data_dir, self.config.data.targets)
         total, count = np.zeros(stored.lip_dim, np.float64), 0
         for i in range(len(store)):

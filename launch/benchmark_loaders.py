@@ -26,7 +26,7 @@ BEGIN, END = "<!-- benchmark_loaders table -->", "<!-- end benchmark_loaders tab
 
 
 def _random_generator_coeffs(size: int):
-    """Stage-4 targets for timing: the real targets path (data_pipeline.targets through a
+    """Stage-4 targets for timing: the real targets path (data_pipeline.loaders.targets through a
     lip-pose generator) with a randomly initialised generator at widths / 16. The loader's
     speed does not depend on the coefficient values."""
     import jax
@@ -41,7 +41,8 @@ def _random_generator_coeffs(size: int):
 
 
 def _dataset(args) -> tuple[str, str]:
-    from data_pipeline import synthetic, targets
+    from data_pipeline import synthetic
+    from data_pipeline.loaders import targets
 
     shards_dir = args.shards
     if shards_dir is None:
@@ -98,9 +99,10 @@ def bytes_per_sample(cfg, samples: int = 64) -> dict:
     """Record bytes one sample reads (frame records, format 2), against the bytes of the
     whole clips it touches (what a format-1 loader read: every clip record it used), over
     `samples` samples drawn in this process."""
-    from data_pipeline import shards, stages, targets
+    from data_pipeline.loaders import stages, targets
+    from data_pipeline.records import directory, shards
 
-    store = shards.open_clips(cfg.shards_dir, cfg.split)
+    store = directory.open_clips(cfg.shards_dir, cfg.split)
     target_store = targets.load_targets(cfg.shards_dir, cfg.targets) if cfg.stage == 4 else None
     usable, _ = stages.usable_clips(store, cfg, target_store)
     sampler = stages.Sampler(store, cfg, usable, target_store)

@@ -45,7 +45,7 @@ def synthesize_long_video(path: str, minutes: float, samples: pathlib.Path, side
     import cv2
     import soxr
 
-    from data_pipeline import audio
+    from data_pipeline.preprocess import audio
 
     face = cv2.cvtColor(cv2.imread(str(samples / "identity_source.jpg")), cv2.COLOR_BGR2RGB)
     face = cv2.resize(face, (side * 3 // 4, side * 3 // 4), interpolation=cv2.INTER_AREA)
@@ -135,7 +135,7 @@ def face_crops(samples: pathlib.Path, every: int = 5, size: int = 256) -> dict:
     media: one crop square per source (around its faces, as preprocessing's tube crop)."""
     import cv2
 
-    from data_pipeline import faces, video_io
+    from data_pipeline.preprocess import faces, video_io
 
     sources = {}
     for name in ("uncrop_Obama.mp4", "mouth_source.mp4", "pose_source1.mp4", "expression_source.mp4"):
@@ -176,7 +176,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 def jpeg(args) -> None:
     from skimage.metrics import structural_similarity
 
-    from data_pipeline import shards
+    from data_pipeline.records import shards
 
     crops = face_crops(pathlib.Path(args.samples), args.every)
     qualities = [int(q) for q in args.qualities.split(",")]

@@ -7,7 +7,7 @@
 Without --beam-runner the examples are made by a local process pool; with it, by Apache
 Beam (this package must be installed on the Beam workers). Writes OUT/<name>/2.0.0/
 (name: mead_clips, hdtf_clips or folder_clips); read it with
-`data_pipeline.tfds_builders.open_tfds_clips(OUT/<name>/2.0.0, split)`.
+`data_pipeline.records.tfds_source.open_tfds_clips(OUT/<name>/2.0.0, split)`.
 Use this entry point, not `tfds build` (which imports TensorFlow). Exit status: 0 built,
 2 invalid options, 3 stopped by the local pool's --max-failure-rate (launch.preprocess).
 """
@@ -18,7 +18,7 @@ import sys
 
 import tensorflow_datasets as tfds
 
-from data_pipeline import tfds_builders
+from data_pipeline.preprocess import tfds_builders
 from launch import preprocess as preprocess_cli
 
 

@@ -6,7 +6,7 @@
 --checkpoint is an official .pt (read without torch), a directory written by
 launch.convert, a training workdir (its latest checkpoint; the EMA weights when kept) or
 one step directory; kind "lip_pose" or the full "generator". Targets go to
-DIR/targets/NAME/ (data_pipeline.targets), tied to the checkpoint file or step
+DIR/targets/NAME/ (data_pipeline.loaders.targets), tied to the checkpoint file or step
 directory; an interrupted run resumes per shard.
 """
 
@@ -25,7 +25,7 @@ def coeff_fn_from_checkpoint(path: str, batch_size: int):
 
 
 def main(argv=None) -> None:
-    from data_pipeline import targets
+    from data_pipeline.loaders import targets
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shards", required=True, help="shard directory (with manifest.json)")

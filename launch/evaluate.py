@@ -31,8 +31,8 @@ import sys
 
 
 def main(argv=None) -> None:
-    from data_pipeline.faces import FaceError
-    from data_pipeline.video_io import VideoError
+    from data_pipeline.preprocess.faces import FaceError
+    from data_pipeline.preprocess.video_io import VideoError
     from edtalk_jax import evaluation
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -29,9 +29,9 @@ import sys
 
 
 def main(argv=None) -> None:
-    from data_pipeline.audio import AudioError
-    from data_pipeline.faces import FaceError
-    from data_pipeline.video_io import VideoError
+    from data_pipeline.preprocess.audio import AudioError
+    from data_pipeline.preprocess.faces import FaceError
+    from data_pipeline.preprocess.video_io import VideoError
     from edtalk_jax import infer
     from edtalk_jax.run_config import ConfigError
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from data_pipeline import audio
+from data_pipeline.preprocess import audio
 
 _OUT = flags.DEFINE_string("out", None, "Output .npz path.", required=True)
 _FPS = flags.DEFINE_float("fps", audio.FPS, "Video frame rate the windows are cut for.")

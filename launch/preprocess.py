@@ -22,7 +22,8 @@ import argparse
 import dataclasses
 import sys
 
-from data_pipeline import datasets, preprocess
+from data_pipeline import preprocess
+from data_pipeline.preprocess import datasets
 
 
 def flag(parser, name, **kwargs):

@@ -9,7 +9,8 @@ Re-running with the same settings resumes (speakers already written are skipped)
 import argparse
 import json
 
-from data_pipeline import schema, synthetic
+from data_pipeline import synthetic
+from data_pipeline.records import schema
 
 
 def main(argv=None) -> None:

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from data_pipeline import upgrade
+from data_pipeline.records import upgrade
 
 
 def main(argv=None) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soxr
 
-from data_pipeline import audio
+from data_pipeline.preprocess import audio
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -33,7 +33,8 @@ def _launch(*args, timeout=900):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """A 32 px synthetic dataset with stage-4 targets (zeros, from a stand-in coefficient fn)."""
-    from data_pipeline import synthetic, targets
+    from data_pipeline import synthetic
+    from data_pipeline.loaders import targets
     out = tmp_path_factory.mktemp("data")
     cfg = synthetic.SyntheticConfig(num_speakers=2, clips_per_speaker=2, frames_per_clip=8, size=32, seed=0)
     synthetic.write_dataset(cfg, out, workers=1, progress=False)

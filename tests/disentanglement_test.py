@@ -56,13 +56,14 @@ def test_missing_space_or_split_is_named():
 def test_evaluate_scores_a_generator_on_synthetic_shards(tmp_path):
     import jax
 
-    from data_pipeline import shards, synthetic
+    from data_pipeline import synthetic
+    from data_pipeline.records import splits
     from edtalk_jax.models import build_model
 
     data = str(tmp_path / "data")
     synthetic.write_dataset(synthetic.SyntheticConfig(num_speakers=4, clips_per_speaker=2, frames_per_clip=6,
                                                       size=32, seed=0), data, workers=1, progress=False)
-    shards.write_splits(data, other_test_fraction=0.5)
+    splits.write_splits(data, other_test_fraction=0.5)
     cfg = dict(size=32, channels=(16, 16, 16, 8), style_dim=16, lip_dim=4, pose_dim=2, exp_dim=2)
     gen = build_model("generator", cfg)
     x = np.zeros((1, 32, 32, 3), np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
 
-from data_pipeline import video_io
+from data_pipeline.preprocess import video_io
 from edtalk_jax import evaluation
 from launch import evaluate as evaluate_cli
 
@@ -184,12 +184,13 @@ def test_checkpoint_mode_scores_held_out_clips_next_to_copy_the_source(parity_di
     """An official-layout .pt on synthetic shards: every held-out clip rebuilt from its
     first frame, the copy-the-source baseline, the disentanglement matrix and its plot;
     LMD is skipped with its reason (64² faces are below dlib HOG's size)."""
-    from data_pipeline import shards, synthetic
+    from data_pipeline import synthetic
+    from data_pipeline.records import splits
 
     data = str(tmp_path / "data")
     synthetic.write_dataset(synthetic.SyntheticConfig(num_speakers=4, clips_per_speaker=2, frames_per_clip=5,
                                                       size=64, seed=0), data, workers=1, progress=False)
-    shards.write_splits(data, other_test_fraction=0.5)
+    splits.write_splits(data, other_test_fraction=0.5)
     out = tmp_path / "r.json"
     evaluate_cli.main(["--checkpoint", str(parity_dir / "edtalk_lip_pose_s64_w8_seed0.pt"), "--shards", data,
                        "--out", str(out), "--metrics", "psnr,ssim,lmd", "--max-clips", "2"])

@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipeline import faces, schema
+from data_pipeline.preprocess import faces
+from data_pipeline.records import schema
 
 
 @pytest.fixture(scope="module")

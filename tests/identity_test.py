@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipeline import faces, identity, video_io
+from data_pipeline.preprocess import faces, identity, video_io
 
 
 def _box(x=100, y=50, side=100):

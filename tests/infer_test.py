@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_pipeline import audio as audio_lib
-from data_pipeline import video_io
-from data_pipeline.audio import AudioError
-from data_pipeline.faces import FaceError
+from data_pipeline.preprocess import audio as audio_lib, video_io
+from data_pipeline.preprocess.audio import AudioError
+from data_pipeline.preprocess.faces import FaceError
 from data_pipeline.loaders import to_float
-from data_pipeline.targets import resize_frames
+from data_pipeline.loaders.images import resize_frames
 from edtalk_jax import infer, inference
 from edtalk_jax.run_config import ConfigError
 

@@ -16,7 +16,9 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 import data_pipeline
-from data_pipeline import loaders, mouth_swap, schema, shards, stages, synthetic, targets
+from data_pipeline import loaders, synthetic
+from data_pipeline.loaders import mouth_swap, stages, targets
+from data_pipeline.records import directory, schema, shards, splits
 
 SIZE = 64
 
@@ -76,7 +78,7 @@ def _broken(clip, k):
 
 def _index(path):
     shards.write_manifest(path)
-    shards.write_splits(path, other="train")  # everything in train, an empty test split
+    splits.write_splits(path, other="train")  # everything in train, an empty test split
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +419,7 @@ def test_a_sample_reads_only_its_frame_records(data, stage, records):
     """Bytes read per sample: the frame records the sample uses (stage 2: 4 frames of two
     clips, stage 4: T + 1), not whole clips; the clips here have 8 frames."""
     cfg = _cfg(data["main"], stage)
-    store = shards.open_clips(data["main"])
+    store = directory.open_clips(data["main"])
     usable, _ = stages.usable_clips(store, cfg, targets.load_targets(data["main"], "t"))
     sampler = stages.Sampler(store, cfg, usable, targets.load_targets(data["main"], "t"))
     frame_bytes = max(len(r) for g in range(len(store))
@@ -437,7 +439,7 @@ def test_a_sample_reads_only_its_frame_records(data, stage, records):
 def test_the_epoch_changes_each_sample(data, stage):
     """The per-sample generator is seeded with the epoch: one clip, two epochs, two samples."""
     cfg = _cfg(data["main"], stage)
-    store = shards.open_clips(data["main"])
+    store = directory.open_clips(data["main"])
     usable, _ = stages.usable_clips(store, cfg, targets.load_targets(data["main"], "t"))
     sampler = stages.Sampler(store, cfg, usable, targets.load_targets(data["main"], "t"))
     key = stages.IMAGE_KEYS[stage][0]
@@ -458,7 +460,7 @@ def test_a_bug_inside_sampling_fails_loudly(data, monkeypatch):
 
 
 def test_skips_past_the_rate_limit_stop_the_run(data, monkeypatch):
-    monkeypatch.setattr(loaders, "SKIP_ALLOWANCE", 2)
+    monkeypatch.setattr(loaders.pipeline, "SKIP_ALLOWANCE", 2)
     it = loaders.make_loader(_cfg(data["bad"], 3, batch_size=2, max_skip_fraction=0.05))
     with pytest.raises(loaders.LoaderError, match=r"(?s)bad.*of \d+ clips drawn were skipped.*"
                        r"max_skip_fraction.*the first reasons: .*BAD|ZBAD"):
@@ -550,9 +552,9 @@ import json, os, sys
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import jax, numpy as np
 from jax.experimental import multihost_utils
+from data_pipeline import loaders
 port, pid, shards_dir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=pid)
-from data_pipeline import loaders
 cfg = loaders.LoaderConfig(shards_dir, stage=3, split=None, batch_size=2, image_size=64)
 batch = next(loaders.make_loader(cfg))  # shard index/count from jax
 mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))

@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipeline import mouth_swap
+from data_pipeline.loaders import mouth_swap
 
 
 def _similarity(angle_deg: float, scale: float, shift) -> np.ndarray:

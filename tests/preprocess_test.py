@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from data_pipeline import audio, datasets, faces, preprocess, schema, shards, video_io
-from data_pipeline.preprocess import PreprocessOptions, VideoItem
+from data_pipeline import preprocess
+from data_pipeline.preprocess import PreprocessOptions, VideoItem, audio, datasets, faces, video_io
+from data_pipeline.records import schema, shards, source, splits
 from launch import preprocess as launch_preprocess
 
 FAST = PreprocessOptions(size=96, clip_seconds=1.0, min_clip_seconds=0.4)
@@ -246,7 +247,7 @@ def test_hdtf_splits_hold_out_people_not_videos(media, tmp_path):
     assert launch_preprocess.main(argv) == 0
 
     def speakers(split):
-        store = shards.ClipStore(out / "shards", split=split)
+        store = source.ClipStore(out / "shards", split=split)
         return collections.Counter(store.meta(i)["speaker"] for i in range(len(store)))
 
     # The id given holds out its person: both of Obama's videos (2 clips each).
@@ -254,7 +255,7 @@ def test_hdtf_splits_hold_out_people_not_videos(media, tmp_path):
     assert speakers("train") == {"RD_Radio34": 4, "WRA_KristiNoem": 4}
     # The default rule hashes speakers, now people: one person with all of its videos.
     # (With video ids as speakers it held out one video of 6, whose twin stayed in train.)
-    shards.write_splits(out / "shards")
+    splits.write_splits(out / "shards")
     test, train = speakers("test"), speakers("train")
     assert len(test) == 1 and sum(test.values()) == 4 and not set(test) & set(train)
 
@@ -283,7 +284,7 @@ def test_run_local_reports_every_bad_input(media, tmp_path):
     assert status["vfr"]["stats"]["frames"] == int((_vfr_times()[-1] + 0.04) * 25) == 61
     manifest = shards.load_manifest(tmp_path / "out" / "shards")
     assert manifest["num_clips"] == report["clips_written"]
-    store = shards.ClipStore(tmp_path / "out" / "shards")
+    store = source.ClipStore(tmp_path / "out" / "shards")
     assert {store.meta(i)["dataset"] for i in range(len(store))} == {"folder"}
     clip = store.clip(0)
     assert clip["frames"].shape[1:] == (96, 96, 3)
@@ -306,7 +307,7 @@ def test_resume_skips_finished_videos_and_redoes_interrupted_ones(media, tmp_pat
     assert report["done_before"] == 1 and good.stat().st_mtime_ns == stamp
     assert gray.exists() and not (out / "shards" / "gray_odd.array_record.tmp").exists()
     assert report["items"]["gray_odd"]["clips"] >= 1 and report["num_clips"] == report["clips_written"]
-    with pytest.raises(ValueError, match="other options"):
+    with pytest.raises(ValueError, match="other settings"):
         preprocess.run_local(items, out, PreprocessOptions(size=64), progress=False)
 
 

@@ -14,7 +14,7 @@ from absl import flags
 from array_record.python.array_record_module import ArrayRecordWriter
 
 import data_pipeline
-from data_pipeline import schema, shards
+from data_pipeline.records import schema, shards, source, splits
 
 
 def make_clip(dataset="synthetic", speaker="S000", clip_id="c0", emotion="neutral", level=1,
@@ -166,36 +166,36 @@ def test_manifest_rejects_duplicates_and_missing(tmp_path):
 def test_splits(shard_dir):
     root, _, synth = shard_dir
     shards.write_manifest(root)
-    splits = shards.write_splits(root)
-    assert json.loads((root / "splits" / "test.json").read_text()) == splits["test"]
-    test = set(splits["test"])
-    assert test.isdisjoint(splits["train"]) and len(test) + len(splits["train"]) == 20
+    made = splits.write_splits(root)
+    assert json.loads((root / "splits" / "test.json").read_text()) == made["test"]
+    test = set(made["test"])
+    assert test.isdisjoint(made["train"]) and len(test) + len(made["train"]) == 20
     assert {"mead/M003#neutral#level_1#001", "mead/W015#angry#level_1#001"} <= test
     assert not any(k.startswith("mead/M005") for k in test)
     held = {k.split("/")[1].split("#")[0] for k in test if k.startswith("synthetic/")}
-    assert held == shards.hash_held_out({f"S{s:03d}" for s in range(8)}, 0.125, "synthetic/")
+    assert held == splits.hash_held_out({f"S{s:03d}" for s in range(8)}, 0.125, "synthetic/")
     assert len(held) == 1  # a speaker is never split across train and test
-    assert shards.write_splits(root, other="train")["test"] == [
+    assert splits.write_splits(root, other="train")["test"] == [
         "mead/M003#neutral#level_1#001", "mead/W015#angry#level_1#001"]
-    only = shards.write_splits(root, mead_test_speakers=(), other="test")["test"]
+    only = splits.write_splits(root, mead_test_speakers=(), other="test")["test"]
     assert len(only) == 16 and all(k.startswith("synthetic/") for k in only)
 
 
 def test_hash_held_out_is_stable():
     speakers = [f"v{i}" for i in range(50)]
-    held = shards.hash_held_out(speakers, 0.2)
-    assert len(held) == 10 and held == shards.hash_held_out(reversed(speakers), 0.2)
-    assert len(shards.hash_held_out(["a", "b"], 0.01)) == 1
-    assert len(shards.hash_held_out(["a", "b"], 0.99)) == 1
-    assert shards.hash_held_out(["a"], 0.5) == set()
+    held = splits.hash_held_out(speakers, 0.2)
+    assert len(held) == 10 and held == splits.hash_held_out(reversed(speakers), 0.2)
+    assert len(splits.hash_held_out(["a", "b"], 0.01)) == 1
+    assert len(splits.hash_held_out(["a", "b"], 0.99)) == 1
+    assert splits.hash_held_out(["a"], 0.5) == set()
 
 
 def test_clip_store(shard_dir):
     root, mead, synth = shard_dir
     with pytest.raises(FileNotFoundError, match="python -m data_pipeline.shards"):
-        shards.ClipStore(root)
-    shards.main([str(root)])
-    store = shards.ClipStore(root)
+        source.ClipStore(root)
+    splits.main([str(root)])
+    store = source.ClipStore(root)
     assert len(store) == 20 == data_pipeline.num_clips(root)
     rec = store.record(5)
     assert rec["frames"] == synth[1]["frames"] and store.meta(5) == synth[1]["meta"]
@@ -205,7 +205,7 @@ def test_clip_store(shard_dir):
     np.testing.assert_array_equal(full["landmarks"], mead[2]["landmarks"])
     by_speaker = store.indices_by("speaker")
     assert by_speaker["M005"] == [1, 2] and len(by_speaker) == 11
-    test = shards.ClipStore(root, split="test")
+    test = source.ClipStore(root, split="test")
     keys = json.loads((root / "splits" / "test.json").read_text())
     assert [shards.clip_key(test.meta(i)) for i in range(len(test))] == keys
     assert shards.clip_key(test.record(0)["meta"]) == keys[0]
@@ -234,9 +234,9 @@ class _SpeakerAndPid(grain.transforms.Map):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_clip_store_in_grain(shard_dir, workers):
     root, mead, synth = shard_dir
-    shards.main([str(root)])
+    splits.main([str(root)])
     flags.FLAGS.mark_as_parsed()
-    store = shards.ClipStore(root)
+    store = source.ClipStore(root)
     ds = grain.MapDataset.source(store).map(_speaker)
     assert list(ds) == [c["meta"]["speaker"] for c in mead + synth]
     loader = grain.DataLoader(
@@ -250,10 +250,10 @@ def test_clip_store_in_grain(shard_dir, workers):
 
 def test_corrupt_and_truncated_shards(shard_dir):
     root, _, _ = shard_dir
-    shards.main([str(root)])
+    splits.main([str(root)])
     path = root / "synthetic.array_record"
     data = bytearray(path.read_bytes())
-    store = shards.ClipStore(root)
+    store = source.ClipStore(root)
     path.write_bytes(data[: len(data) - 100])  # truncated: the footer is gone
     with pytest.raises(shards.ShardError, match=r"synthetic\.array_record: not a complete"):
         store.record(4)
@@ -265,10 +265,10 @@ def test_corrupt_and_truncated_shards(shard_dir):
     data[start: start + 4] = b"XXXX"
     path.write_bytes(data)
     with pytest.raises(shards.ShardError, match=r"synthetic\.array_record\[1, 2\]: cannot read"):
-        shards.ClipStore(root).record(4)
+        source.ClipStore(root).record(4)
     os.remove(path)
     with pytest.raises(shards.ShardError, match="shard file not found"):
-        shards.ClipStore(root).record(4)
+        source.ClipStore(root).record(4)
 
 
 def test_bad_record_names_file_and_index(tmp_path):
@@ -281,7 +281,7 @@ def test_bad_record_names_file_and_index(tmp_path):
         writer.write(data)
     writer.close()
     shards.write_manifest(tmp_path)  # no sidecar: the clips are read from the header records
-    store = shards.ClipStore(tmp_path)
+    store = source.ClipStore(tmp_path)
     assert store.record(1)["meta"]["clip_id"] == "bad"  # frames stay undecoded
     store.read_frames(1, [0, 2])  # the other frames of the clip are fine
     with pytest.raises(shards.ShardError, match=r"x\.array_record\[6\]: not a decodable"):
@@ -312,11 +312,11 @@ def test_version_1_directory_names_the_converter(tmp_path):
         {"format": "edtalk-clip-shards", "version": 1, "num_clips": 0, "shards": [], "clips": []}))
     with pytest.raises(shards.ShardError, match="version-1 shard directory.*"
                        "python -m launch.upgrade_shards .* --out NEW_DIR"):
-        shards.ClipStore(tmp_path)
+        source.ClipStore(tmp_path)
 
 
 def test_package_import_is_light():
-    code = ("import sys, data_pipeline, data_pipeline.audio; "
+    code = ("import sys, data_pipeline, data_pipeline.preprocess.audio; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('array_record', 'grain')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -327,12 +327,30 @@ def test_a_second_person_follows_the_main_speaker_into_its_split(tmp_path):
              for k, spk in enumerate(["WDA_A", "WDA_A+v1.2", "WDA_B", "WDA_B+v2.2", "WDA_C"])]
     write_shard(tmp_path / "h.array_record", clips)
     shards.write_manifest(tmp_path)
-    splits = shards.write_splits(tmp_path, hdtf_test=["WDA_B"])
-    assert splits["test"] == ["hdtf/WDA_B#2", "hdtf/WDA_B+v2.2#3"]
+    made = splits.write_splits(tmp_path, hdtf_test=["WDA_B"])
+    assert made["test"] == ["hdtf/WDA_B#2", "hdtf/WDA_B+v2.2#3"]
     for fraction in (0.3, 0.6):  # the hash rule draws persons, never half of one
-        test = set(shards.write_splits(tmp_path, hdtf_test_fraction=fraction)["test"])
+        test = set(splits.write_splits(tmp_path, hdtf_test_fraction=fraction)["test"])
         side = {}
         for c in clips:
             group = c["meta"]["speaker"].split("+")[0]
             side.setdefault(group, set()).add(shards.clip_key(c["meta"]) in test)
         assert all(len(v) == 1 for v in side.values()) and test
+
+
+def test_a_manifest_that_disagrees_with_its_shard_is_an_error(shard_dir):
+    root, mead, _ = shard_dir
+    shards.write_manifest(root)
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["clips"][1]["record"] += 1  # one record off
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(shards.ShardError, match=r"a\.array_record\[6\]: holds frame 1 of "
+                       r"'mead/M005#happy#level_2#001' where the index expects frame 0 of "
+                       r"'mead/M005#happy#level_2#001'; the manifest disagrees"):
+        source.ClipStore(root).read_frames(1, [0])
+    manifest["clips"][1]["record"] = 0  # another clip of the same length: same positions
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(shards.ShardError, match=r"a\.array_record\[3\]: holds frame 2 of "
+                       r"'mead/M003#neutral#level_1#001' where the index expects frame 2 of "
+                       r"'mead/M005#happy#level_2#001'"):
+        source.ClipStore(root).read_frames(1, [2])

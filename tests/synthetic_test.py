@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from data_pipeline import schema, shards, synthetic
+from data_pipeline import synthetic
+from data_pipeline.records import schema, shards, source
 
 SMALL = synthetic.SyntheticConfig(num_speakers=2, clips_per_speaker=2, frames_per_clip=6, size=64)
 
@@ -218,7 +219,7 @@ def test_write_dataset_and_resume(tmp_path, monkeypatch):
     summary = synthetic.write_dataset(SMALL, out, workers=1, progress=False)
     assert (summary["clips_written"], summary["clips_skipped"], summary["num_clips"]) == (4, 0, 4)
     assert summary["train"] + summary["test"] == 4 and summary["test"] == 2  # one speaker held out
-    store = shards.ClipStore(out)
+    store = source.ClipStore(out)
     assert [store.meta(i)["speaker"] for i in range(4)] == ["S000", "S000", "S001", "S001"]
     assert shards.encode_clip(store.record(3)) == shards.encode_clip(synthetic.render_clip(SMALL, 1, 1))
     assert json.loads((out / "synthetic_config.json").read_text())["size"] == 64
@@ -232,21 +233,21 @@ def test_write_dataset_and_resume(tmp_path, monkeypatch):
             raise RuntimeError("render failed")
         return render(cfg, speaker, clip_index)
 
-    monkeypatch.setattr(synthetic, "render_clip", failing)
+    monkeypatch.setattr(synthetic.dataset, "render_clip", failing)
     with pytest.raises(RuntimeError, match="render failed"):
         synthetic.write_dataset(SMALL, out, workers=1, progress=False)
     assert sorted(f for f in os.listdir(out / "synthetic") if f.endswith(".array_record")) == ["S000.array_record"]
-    monkeypatch.setattr(synthetic, "render_clip", render)
+    monkeypatch.setattr(synthetic.dataset, "render_clip", render)
     summary = synthetic.write_dataset(SMALL, out, workers=1, progress=False)
     assert (summary["clips_written"], summary["clips_skipped"], summary["num_clips"]) == (2, 2, 4)
-    with pytest.raises(ValueError, match="synthetic_config.json differs"):
+    with pytest.raises(ValueError, match="other settings.*synthetic_config.json"):
         synthetic.write_dataset(synthetic.SyntheticConfig(size=96), out, workers=1, progress=False)
 
 
 def test_worker_processes_match(tmp_path):
     cfg = synthetic.SyntheticConfig(num_speakers=2, clips_per_speaker=1, frames_per_clip=3, size=64)
     synthetic.write_dataset(cfg, tmp_path, workers=2, progress=False)
-    store = shards.ClipStore(tmp_path)
+    store = source.ClipStore(tmp_path)
     for i, speaker in enumerate((0, 1)):
         assert shards.encode_clip(store.record(i)) == shards.encode_clip(synthetic.render_clip(cfg, speaker, 0))
 
@@ -255,9 +256,9 @@ def test_background_stripes_are_not_aliased():
     """Stripes finer than MIN_STRIPE_PERIOD_PX become their mean shade; wider ones stay."""
     ident = {"bg": (np.array([200.0, 100.0, 50.0]), np.array([60.0, 160.0, 220.0])),
              "bg_angle": 0.7, "bg_stripes": 0.05}
-    plain = synthetic._background(dict(ident, bg_stripes=0.0), 32).astype(np.float64)
-    small = synthetic._background(ident, 32).astype(np.float64)  # a 1.6 px period
+    plain = synthetic.drawing.background(dict(ident, bg_stripes=0.0), 32).astype(np.float64)
+    small = synthetic.drawing.background(ident, 32).astype(np.float64)  # a 1.6 px period
     np.testing.assert_allclose(small, np.floor(plain * 0.95 + 0.5), atol=1.01)
-    big = synthetic._background(ident, 256).astype(np.float64)  # a 12.8 px period: drawn
-    ratio = big / np.maximum(synthetic._background(dict(ident, bg_stripes=0.0), 256), 1)
+    big = synthetic.drawing.background(ident, 256).astype(np.float64)  # a 12.8 px period: drawn
+    ratio = big / np.maximum(synthetic.drawing.background(dict(ident, bg_stripes=0.0), 256), 1)
     assert (ratio < 0.93).mean() > 0.3 and (ratio > 0.97).mean() > 0.3

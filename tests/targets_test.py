@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import data_pipeline
-from data_pipeline import shards, synthetic, targets
+from data_pipeline import synthetic
+from data_pipeline.loaders import targets
+from data_pipeline.records import shards, source
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,7 @@ def test_cli_targets_equal_an_independent_computation(shards_dir, parity_dir):
     stored = targets.load_targets(shards_dir, "cli", checkpoint=pt, size=64)
     kind, cfg, variables = model_io.load_any(pt)
     model = build_model(kind, cfg)
-    store = shards.ClipStore(shards_dir)
+    store = source.ClipStore(shards_dir)
     for g in (0, len(store) - 1):
         rgb = np.stack([cv2.cvtColor(cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR),
                                      cv2.COLOR_BGR2RGB) for j in store.record(g)["frames"]])

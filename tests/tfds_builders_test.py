@@ -10,8 +10,10 @@ import tensorflow_datasets as tfds
 
 import data_pipeline
 
-from data_pipeline import audio, datasets, loaders, preprocess, shards, tfds_builders, video_io
-from data_pipeline.preprocess import PreprocessOptions
+from data_pipeline import loaders, preprocess
+from data_pipeline.preprocess import PreprocessOptions, audio, datasets, tfds_builders, video_io
+from data_pipeline.records import shards, tfds_source
+from data_pipeline.records import source as records_source
 
 OPTIONS = PreprocessOptions(size=64, clip_seconds=0.8, min_clip_seconds=0.4)
 
@@ -49,14 +51,14 @@ def test_folder_builder_local_pool_matches_run_local(samples_dir, tmp_path):
     assert builder.info.metadata["options"]["size"] == 64
 
     report = preprocess.run_local(datasets.discover(str(raw)), tmp_path / "local", OPTIONS, progress=False)
-    store = shards.ClipStore(tmp_path / "local" / "shards")
+    store = records_source.ClipStore(tmp_path / "local" / "shards")
     local = {store.meta(i)["clip_id"]: store.record(i) for i in range(len(store))}
 
     built = {}
     for split in ("train", "test"):
-        source = tfds_builders.open_tfds_clips(builder.data_dir, split)
+        source = tfds_source.open_tfds_clips(builder.data_dir, split)
         built.update(_by_id(source))
-        # The same split rule as shards.write_splits (run_local).
+        # The same split rule as splits.write_splits (run_local).
         expected = json.loads((tmp_path / "local" / "shards" / "splits" / f"{split}.json").read_text())
         assert {f"folder/{k}" for k in _by_id(source)} == set(expected)
     assert len(built) == report["clips_written"]
@@ -65,7 +67,7 @@ def test_folder_builder_local_pool_matches_run_local(samples_dir, tmp_path):
     # One example per record, readable by tfds.data_source without the builder code: a
     # clip's header, then its frames, at the position the index names.
     raw_source = tfds.data_source("folder_clips", data_dir=str(tmp_path / "tfds"), split="train")
-    source = pickle.loads(pickle.dumps(tfds_builders.open_tfds_clips(builder.data_dir, "train")))
+    source = pickle.loads(pickle.dumps(tfds_source.open_tfds_clips(builder.data_dir, "train")))
     entry = builder.info.metadata["index"]["train"][1]
     header = raw_source[entry["record"]]
     assert header["t"] == 0 and shards.read_meta(header["record"]) == source.meta(1)
@@ -82,7 +84,7 @@ def test_folder_builder_local_pool_matches_run_local(samples_dir, tmp_path):
     assert sorted(i for ids in groups.values() for i in ids) == list(range(len(source)))
     assert all(source.meta(i)["speaker"] == spk for spk, ids in groups.items() for i in ids)
     with pytest.raises(KeyError, match="validation"):
-        tfds_builders.open_tfds_clips(builder.data_dir, "validation")
+        tfds_source.open_tfds_clips(builder.data_dir, "validation")
     # The package-level reader API opens TFDS-built directories too (train split).
     assert data_pipeline.num_clips(builder.data_dir) == len(source)
     np.testing.assert_array_equal(data_pipeline.read_clip(builder.data_dir, 0)["frames"], clip["frames"])
@@ -104,8 +106,8 @@ def test_mead_builder_with_beam_splits_by_actor(samples_dir, tmp_path):
         manual_dir=str(raw), beam_runner="DirectRunner",
         beam_options=PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"]))
     builder.download_and_prepare(download_config=config)
-    test = _by_id(tfds_builders.open_tfds_clips(builder.data_dir, "test"))
-    train = _by_id(tfds_builders.open_tfds_clips(builder.data_dir, "train"))
+    test = _by_id(tfds_source.open_tfds_clips(builder.data_dir, "test"))
+    train = _by_id(tfds_source.open_tfds_clips(builder.data_dir, "train"))
     assert {c["meta"]["speaker"] for c in test.values()} == {"M003"}  # official test actor
     assert {(c["meta"]["speaker"], c["meta"]["emotion"], c["meta"]["level"]) for c in train.values()} == {
         ("M005", "sad", 3)}
@@ -127,7 +129,7 @@ def test_build_tfds_cli_leaves_out_a_split_emptied_by_skips(samples_dir, tmp_pat
     out = capsys.readouterr().out
     assert rc == 0 and "{'train': 1}" in out and "'no face': 1" in out
     builder_dir = tmp_path / "tfds" / "folder_clips" / "2.0.0"
-    source = tfds_builders.open_tfds_clips(builder_dir, "train")
+    source = tfds_source.open_tfds_clips(builder_dir, "train")
     assert len(source) == 1 and source.meta(0)["clip_id"] == "solo#1" and source.meta(0)["size"] == 64
     metadata = json.loads((builder_dir / "metadata.json").read_text())
     assert metadata["skipped"]["zz"][0][1].startswith("no face")

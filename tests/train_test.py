@@ -283,7 +283,7 @@ def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, datas
     """From stage 1's generator and D and the official Audio2Lip.pt: the lip targets are
     computed (none stored), the whole generator, D (train_discriminator=False) and the
     audio encoder stay bitwise as loaded; the mapping learns."""
-    from data_pipeline import targets
+    from data_pipeline.loaders import targets
 
     data = str(tmp_path / "data")
     shutil.copytree(dataset, data)
@@ -298,8 +298,8 @@ def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, datas
     assert "gan/d_loss" not in m  # D only scores
     assert os.path.exists(os.path.join(targets.targets_dir(data, config.data.targets), "targets.json"))
     # the predict-the-mean baseline: the training split's mean lip target
-    from data_pipeline import shards
-    store, stored = shards.open_clips(data, "train"), targets.load_targets(data, config.data.targets)
+    from data_pipeline.records import directory
+    store, stored = directory.open_clips(data, "train"), targets.load_targets(data, config.data.targets)
     lips = np.concatenate([stored.get(store.global_index(i))[0] for i in range(len(store))])
     np.testing.assert_allclose(result["_run"].consts["lip_mean"], lips.mean(axis=0), rtol=1e-5, atol=1e-7)
     # launch.compute_targets from the same training workdir gives the same targets
@@ -322,7 +322,7 @@ def test_stage4_computes_targets_and_trains_only_the_audio_mapping(stage1, datas
 
     # launch.infer from the run: its own Audio2Lip, read as an offset from the source's lips
     import soundfile
-    from data_pipeline import audio as audio_lib
+    from data_pipeline.preprocess import audio as audio_lib
     from edtalk_jax import infer
     models = infer.load_models(str(tmp_path / "run"), need_audio2lip=True)
     assert models.audio2lip_target == "offset"
@@ -588,7 +588,7 @@ def test_demo_curriculum_runs_every_stage_and_writes_the_report(tmp_path):
     assert matrix["pose"]["exp"] is not None and "disentanglement" not in report["stages"]["stage4"]
     assert report["all_beat_baselines"] == all(r["beats_baseline"] for r in report["stages"].values())
     # The demo video: the held-out clip's first frame spoken by its audio, as long as the clip.
-    from data_pipeline import video_io
+    from data_pipeline.preprocess import video_io
     video = report["demo_video"]
     assert video["mode"] == "lip-pose-A" and video["frames"] == 12 and video["audio"]
     assert len(video_io.read_frames(video["out"])) == 12 and video_io.probe(video["out"]).has_audio

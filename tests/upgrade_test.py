@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 
 import msgpack
 import numpy as np
@@ -11,7 +10,9 @@ import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
 import data_pipeline
-from data_pipeline import loaders, shards, synthetic, targets
+from data_pipeline import loaders, synthetic
+from data_pipeline.loaders import targets
+from data_pipeline.records import shards, source
 from launch import upgrade_shards
 
 _ARRAYS = ("mel_windows", "landmarks", "landmark_valid", "audio", "factors")
@@ -72,8 +73,8 @@ def test_version_1_shard_directory(tmp_path):
     assert upgrade_shards.main([str(old), "--out", str(new), "--no-progress"]) == 0
     assert data_pipeline.num_clips(new) == 6
     for g, clip in enumerate(clips):
-        _same(shards.ClipStore(new).record(g), clip)
-    assert [shards.clip_key(shards.ClipStore(new, "test").meta(i)) for i in range(2)] == keys[4:]
+        _same(source.ClipStore(new).record(g), clip)
+    assert [shards.clip_key(source.ClipStore(new, "test").meta(i)) for i in range(2)] == keys[4:]
     stored = targets.load_targets(new, "t")
     np.testing.assert_array_equal(np.concatenate(stored.get(5), 1), rows[2][6:])
     it = loaders.make_loader(loaders.LoaderConfig(str(new), stage=4, batch_size=2, image_size=32,
@@ -115,7 +116,7 @@ def test_version_1_tfds_build(tmp_path):
     assert upgrade_shards.main([builder.data_dir, "--out", str(new), "--no-progress"]) == 0
     clips = {shards.clip_key(c["meta"]): c for c in _clips()}
     for split, n in (("train", 4), ("test", 2)):
-        store = shards.ClipStore(new, split)
+        store = source.ClipStore(new, split)
         assert len(store) == n
         for i in range(n):
             _same(store.record(i), clips[shards.clip_key(store.meta(i))])

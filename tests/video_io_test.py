@@ -10,7 +10,7 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 
-from data_pipeline import video_io
+from data_pipeline.preprocess import video_io
 
 
 def _coded(n, size=(48, 64), step=8):

@@ -12,7 +12,7 @@ Weights: a user's Wav2Lip `lipsync_expert.pth` through `load_syncnet` (read by t
 {"params" | "batch_stats" | "unused": {"face_encoder_<i>" | "audio_encoder_<i>": {"conv", "bn"}}}.
 
 In a training step, with `frames` (B, 5, S, S, 3) the generated frames t-2..t+2 in
-[-1, 1] and `mel` (B, 80, 16) the window of frame t (`data_pipeline.audio.frame_windows`
+[-1, 1] and `mel` (B, 80, 16) the window of frame t (`data_pipeline.preprocess.audio.frame_windows`
 already aligns frame t's window that way):
 
     sync_vars = load_syncnet(config.syncnet.path)       # once; pass it to the jitted step as an

@@ -25,10 +25,11 @@ import json
 import os
 from typing import Callable, Iterator, Mapping
 
-import cv2
 import numpy as np
 
-from data_pipeline import schema, shards
+from data_pipeline import files
+from data_pipeline.loaders import images
+from data_pipeline.records import schema, shards, source
 
 FORMAT = "edtalk-stage4-targets"
 VERSION = 1
@@ -87,26 +88,6 @@ def _shard_layout(manifest: dict) -> dict[str, tuple[str, list[int]]]:
     return layout
 
 
-def _write_info(directory: str, info: dict) -> None:
-    tmp = os.path.join(directory, INFO + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(tmp, os.path.join(directory, INFO))
-
-
-def resize_frames(frames: np.ndarray, size: int | tuple[int, int] | None) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> (N, size, size, 3) (or (N, height, width, 3) for a pair) as
-    every loader resizes: area averaging down, bicubic up; unchanged when size is None or
-    already the size."""
-    if size is None:
-        return frames
-    height, width = (size, size) if isinstance(size, int) else size
-    if frames.shape[1:3] == (height, width):
-        return frames
-    interp = cv2.INTER_AREA if frames.shape[1] * frames.shape[2] > height * width else cv2.INTER_CUBIC
-    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
-
-
 def _batches(store, clips: list[int], lengths: list[int], batch_size: int, size: int | None,
              bad: dict) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(row indices (N,), uint8 frames (N, S, S, 3)) batches of at most batch_size frames
@@ -115,7 +96,7 @@ def _batches(store, clips: list[int], lengths: list[int], batch_size: int, size:
     rows, frames, row = [], [], 0
     for g, t in zip(clips, lengths):
         try:
-            clip_frames = resize_frames(store.clip(g)["frames"], size)
+            clip_frames = images.resize_frames(store.clip(g)["frames"], size)
         except (shards.ShardError, ValueError) as e:
             bad[str(g)] = str(e)
         else:
@@ -137,9 +118,7 @@ def _shard_targets(store, clips: list[int], lengths: list[int], coeff_fn: CoeffF
     bad: dict[str, str] = {}
     out = None
     for rows, frames in _batches(store, clips, lengths, batch_size, size, bad):
-        x = frames.astype(np.float32)
-        x /= 127.5
-        x -= 1
+        x = images.to_float(frames)
         coeffs = coeff_fn(x)
         lip, pose = (np.asarray(coeffs[k], np.float32) for k in ("lip", "pose"))
         if lip.ndim != 2 or pose.ndim != 2 or len(lip) != len(x) or len(pose) != len(x):
@@ -198,9 +177,9 @@ def compute_targets(shards_dir: str | os.PathLike, name: str, coeff_fn: CoeffFn,
                                    f"({old.get(key)!r} != {info[key]!r}); delete the "
                                    "directory or choose another --name")
         info.update({k: old[k] for k in ("lip_dim", "pose_dim", "shards", "bad_clips")})
-    _write_info(directory, info)
+    files.write_json(os.path.join(directory, INFO), info)
 
-    store = shards.ClipStore(shards_dir)
+    store = source.ClipStore(shards_dir)
     lengths = [int(c["num_frames"]) for c in manifest["clips"]]
     layout = _shard_layout(manifest)
     total = sum(lengths)
@@ -218,9 +197,9 @@ def compute_targets(shards_dir: str | os.PathLike, name: str, coeff_fn: CoeffFn,
             os.replace(path + ".tmp", path)
             info["shards"][shard_path] = {"file": rel, "rows": len(out)}
             info["bad_clips"].update(bad)
-            _write_info(directory, info)
+            files.write_json(os.path.join(directory, INFO), info)
     info["complete"] = True
-    _write_info(directory, info)
+    files.write_json(os.path.join(directory, INFO), info)
     return info
 
 

@@ -4,7 +4,7 @@ TFDS builders) and every reader (shard reader, grain loaders).
 A clip is a dict with exactly these keys (T = number of video frames at 25 fps):
 
   frames        list of T JPEG-encoded RGB frames (bytes), all H x W (square crops)
-  mel_windows   float32 (T, 80, 16)   per-video-frame log-mel windows (data_pipeline.audio)
+  mel_windows   float32 (T, 80, 16)   per-video-frame log-mel windows (data_pipeline.preprocess.audio)
   landmarks     float32 (T, 68, 2)    dlib 68-point landmarks, (x, y) in crop pixels
   landmark_valid bool   (T,)          False where a landmark row was interpolated
   audio         int16   (T * 640,)    the clip's 16 kHz mono audio
@@ -12,7 +12,7 @@ A clip is a dict with exactly these keys (T = number of video frames at 25 fps):
   meta          dict                  see META_FIELDS
 
 Stage-4 coefficient targets (lip/pose) are not part of the record: they depend on a
-trained lip-pose generator and are stored beside the shards (see data_pipeline.targets).
+trained lip-pose generator and are stored beside the shards (see data_pipeline.loaders.targets).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ CLIP_KEYS = ("frames", "mel_windows", "landmarks", "landmark_valid", "audio", "f
 
 class DataError(ValueError):
     """Bad data (a record, a frame, a stored target), as opposed to a bug: the only errors
-    that loaders turn into counted skips (data_pipeline.stages)."""
+    that loaders turn into counted skips (data_pipeline.loaders.stages)."""
 
 
 class ClipError(DataError):

@@ -1,15 +1,15 @@
 """TensorFlow-Datasets builders for MEAD, HDTF and a folder of videos (no TensorFlow needed).
 
-Each builder reads a raw layout from the manual directory (data_pipeline.datasets),
+Each builder reads a raw layout from the manual directory (data_pipeline.preprocess.datasets),
 runs the same `preprocess.process(item, options)` as the local runner and writes the same
-records (format version 2, data_pipeline.shards) in `array_record` files, one TFDS
+records (format version 2, data_pipeline.records.shards) in `array_record` files, one TFDS
 example per record: the feature "record" holds the bytes, "clip" the clip key
 ("<dataset>/<clip_id>") and "t" the record's place in its clip (0 = header, 1 + frame).
 Examples are not shuffled: they are ordered by key, `(sha1(clip key) << 24) | t`, so a
 clip's records are consecutive and a sample reads only the frames it uses. The index
 (per split: each clip's first example, meta and landmark validity) is stored in the
 dataset's metadata ("index"), so metadata is served without reading any example. Read
-with `open_tfds_clips(builder_dir, split)` (a `shards.ClipSource`), `tfds.data_source`
+with `records.tfds_source.open_tfds_clips(builder_dir, split)` (a `ClipSource`), `tfds.data_source`
 or grain.
 
 Generation: with a Beam runner in the DownloadConfig, `beam.Create(items) |
@@ -22,8 +22,8 @@ left empty by skipped videos are left out, skips go to the metadata ("skipped"),
 the staging folder is removed once the build succeeds. Build from Python or with
 `python -m launch.build_tfds` (the stock `tfds build` CLI imports TensorFlow).
 
-Splits are by speaker, with the rules of `shards.write_splits`: MEAD test actors M003,
-M030, W009, W015; HDTF and folder speakers held out by `shards.hash_held_out` (fractions
+Splits are by speaker, with the rules of `splits.write_splits`: MEAD test actors M003,
+M030, W009, W015; HDTF and folder speakers held out by `splits.hash_held_out` (fractions
 0.2 and 0.125) unless `test_speakers` is given. Empty splits are left out.
 """
 
@@ -39,8 +39,9 @@ from typing import Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow_datasets as tfds
 
-from data_pipeline import datasets, preprocess, shards
-from data_pipeline.preprocess import PreprocessOptions, VideoItem
+from data_pipeline import preprocess
+from data_pipeline.preprocess import PreprocessOptions, VideoItem, datasets
+from data_pipeline.records import shards, splits
 
 _POSITION_BITS = 24  # records per clip < 2**24 (a clip of 16M frames)
 
@@ -83,7 +84,7 @@ class _ClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Shared builder: subclasses set LAYOUT and the split rule."""
 
     VERSION = tfds.core.Version("2.0.0")
-    RELEASE_NOTES = {"1.0.0": "Clip records (data_pipeline.schema), format version 1.",
+    RELEASE_NOTES = {"1.0.0": "Clip records (data_pipeline.records.schema), format version 1.",
                      "2.0.0": "Frame-addressable records (format version 2), index in metadata."}
     LAYOUT = "folder"
     DATASET = "folder"
@@ -141,7 +142,7 @@ class _ClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _held_out(self, speakers: Collection[str], dataset: str) -> set:
         if self._test_speakers is not None:
             return set(speakers) & self._test_speakers
-        return shards.hash_held_out(speakers, self.TEST_FRACTION, dataset + "/")
+        return splits.hash_held_out(speakers, self.TEST_FRACTION, dataset + "/")
 
     def _staging(self, dl_manager) -> str:
         return os.path.join(os.fspath(dl_manager.download_dir), f"{self.name}_{self.version}_staging")
@@ -216,7 +217,7 @@ class MeadClips(_ClipsBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Place MEAD (<actor>/video/front/... and <actor>/audio/...) in manual_dir."
 
     def _held_out(self, speakers, dataset):
-        test = shards.MEAD_TEST_SPEAKERS if self._test_speakers is None else self._test_speakers
+        test = splits.MEAD_TEST_SPEAKERS if self._test_speakers is None else self._test_speakers
         return set(speakers) & set(test)
 
 
@@ -235,59 +236,3 @@ class FolderClips(_ClipsBuilder):
 
 
 BUILDERS: Dict[str, type] = {"mead": MeadClips, "hdtf": HdtfClips, "folder": FolderClips}
-
-
-class TfdsClips(shards.ClipSource):
-    """The clips of one split of a TFDS-built dataset (a shards.ClipSource): metadata from
-    the build's index (no example read), frame records read by position. The loaders read
-    it like a shard directory (stage-4 targets need a shard directory)."""
-
-    def __init__(self, builder_dir: str, split: str = "train"):
-        self.builder_dir, self.split = str(builder_dir), split
-        self._source = None
-        info = self._open().info
-        if split not in info.splits:
-            raise KeyError(f"{builder_dir}: no split {split!r} (has {sorted(info.splits)})")
-        index = info.metadata.get("index") if info.metadata else None
-        if index is None or split not in index:
-            raise shards.ShardError(
-                f"{builder_dir}: a TFDS build of format version 1 (one example per clip, no "
-                f"index); convert it to a shard directory with "
-                f"`{shards.UPGRADE_CMD.format(src=builder_dir)}` or rebuild it with launch.build_tfds")
-        self._entries = index[split]
-        self._global = np.arange(len(self._entries), dtype=np.int64)
-
-    def _open(self):
-        return tfds.builder_from_directory(self.builder_dir)
-
-    @property
-    def source(self):
-        if self._source is None:
-            self._source = self._open().as_data_source(split=self.split)
-        return self._source
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_source": None}
-
-    @property
-    def shards_dir(self) -> str:  # the loaders name their data by this
-        return self.builder_dir
-
-    def _records(self, i: int, positions: Sequence[int]) -> Tuple[List[bytes], List[str]]:
-        entry = self._entries[i]
-        clip = shards.clip_key(entry)
-        at = [entry["record"] + 1 + k for k in positions]
-        where = [f"{self.builder_dir}[{self.split}][{a}]" for a in at]
-        examples = [self.source[a] for a in at]
-        for example, w in zip(examples, where):
-            owner = example["clip"]
-            owner = owner.decode() if isinstance(owner, bytes) else str(owner)
-            if owner != clip:
-                raise shards.ShardError(f"{w}: belongs to clip {owner!r}, the index says "
-                                        f"{clip!r}: the build's index disagrees with its files")
-        return [e["record"] for e in examples], where
-
-
-def open_tfds_clips(builder_dir: str, split: str = "train") -> TfdsClips:
-    """The clips of `split` in a TFDS dataset directory (e.g. DATA_DIR/folder_clips/1.0.0)."""
-    return TfdsClips(builder_dir, split)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_pipeline import schema
+from data_pipeline.records import schema
 
 _EYE_L = list(schema.LEFT_EYE)
 _EYE_R = list(schema.RIGHT_EYE)

@@ -32,9 +32,9 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from data_pipeline import schema
+from data_pipeline.records import schema
 from data_pipeline.preprocess import VideoItem
-from data_pipeline.video_io import VIDEO_EXTENSIONS, display_path
+from data_pipeline.preprocess.video_io import VIDEO_EXTENSIONS, display_path
 
 AUDIO_EXTENSIONS = (".wav", ".m4a", ".aac", ".mp3", ".flac")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._#=+-]")

@@ -8,7 +8,7 @@ Pipeline (grain's MapDataset API, chosen because every step is index-addressed):
 
 Batches are formed inside the MapDataset, before `mp_prefetch` slices the work among
 worker processes, so batch k holds the same samples whatever the worker count; each
-sample's randomness depends only on (seed, stage, epoch, clip) (data_pipeline.stages).
+sample's randomness depends only on (seed, stage, epoch, clip) (data_pipeline.loaders.stages).
 With workers, images cross processes as uint8 (4x less shared memory) and the
 LoaderIterator converts them to float32; the values are the same either way.
 Nothing here changes the caller's process-wide settings (OpenCV threads, glibc malloc):
@@ -59,7 +59,9 @@ from typing import Any, Mapping, Sequence
 import grain
 import numpy as np
 
-from data_pipeline import shards, stages, targets
+from data_pipeline.loaders import stages, targets
+from data_pipeline.loaders.images import to_float
+from data_pipeline.records import directory, shards, splits
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class LoaderConfig:
     read_threads: int = 1  # threads computing batches inside each worker (or in-process)
     dtype: str = "float32"  # image dtype: "float32" in [-1, 1] or "uint8" (convert on device)
     T: int = 5  # stage 4: consecutive frames per sample
-    targets: str = "lip_pose"  # stage 4: name of the stored targets (data_pipeline.targets)
+    targets: str = "lip_pose"  # stage 4: name of the stored targets (data_pipeline.loaders.targets)
     mouth_margin: float = 0.25  # stages 2, 4: mouth box growth per side, fraction of its side
     exclude_neutral: bool = False  # stage 3: drop neutral clips
     datasets: tuple[str, ...] | None = None  # only clips of these meta "dataset" values
@@ -95,13 +97,6 @@ class LoaderError(ValueError):
 
 
 SKIP_ALLOWANCE = 16  # skips always tolerated, whatever the rate (the first batches)
-
-
-def to_float(images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """uint8 images -> float32 in [-1, 1]: x / 127.5 - 1."""
-    out = np.divide(images, np.float32(127.5), out=out, dtype=np.float32)
-    out -= 1
-    return out
 
 
 class _Collate:
@@ -249,7 +244,7 @@ def _data_sha256(cfg: LoaderConfig) -> str | None:
     if not os.path.exists(os.path.join(cfg.shards_dir, shards.MANIFEST)):
         return None
     digest = "manifest:" + targets.manifest_sha256(cfg.shards_dir)
-    split = os.path.join(cfg.shards_dir, shards.SPLITS_DIR, f"{cfg.split}.json")
+    split = os.path.join(cfg.shards_dir, splits.SPLITS_DIR, f"{cfg.split}.json")
     if cfg.split is not None and os.path.exists(split):
         with open(split, "rb") as f:
             digest += " split:" + hashlib.sha256(f.read()).hexdigest()
@@ -304,7 +299,7 @@ def fingerprint(cfg: LoaderConfig, usable: np.ndarray, index: int, count: int) -
 
 def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
     """The batch iterator of stage `cfg.stage` (module docstring). `store` defaults to
-    `shards.open_clips(cfg.shards_dir, cfg.split)`: a shard directory or a TFDS-built dataset
+    `directory.open_clips(cfg.shards_dir, cfg.split)`: a shard directory or a TFDS-built dataset
     directory (stages 1-3; stage-4 targets need a shard directory)."""
     if cfg.stage not in stages.IMAGE_KEYS:
         raise LoaderError(f"stage {cfg.stage}: expected one of {sorted(stages.IMAGE_KEYS)}")
@@ -314,7 +309,7 @@ def make_loader(cfg: LoaderConfig, store=None) -> LoaderIterator:
         raise LoaderError(f"batch_size, T, image_size, prefetch and read_threads must be >= 1: "
                           f"{cfg}")
     where = f"{cfg.shards_dir} (split {cfg.split})"
-    store = shards.open_clips(cfg.shards_dir, cfg.split) if store is None else store
+    store = directory.open_clips(cfg.shards_dir, cfg.split) if store is None else store
     if len(store) == 0:
         raise LoaderError(f"{where}: no clips")
     target_store = targets.load_targets(cfg.shards_dir, cfg.targets) if cfg.stage == 4 else None

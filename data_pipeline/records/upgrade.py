@@ -1,5 +1,5 @@
 """Converts format-version-1 clip data (one record per clip) to format version 2
-(frame-addressable records, data_pipeline.shards): `python -m launch.upgrade_shards`.
+(frame-addressable records, data_pipeline.records.shards): `python -m launch.upgrade_shards`.
 
 Sources: a version-1 shard directory (from launch.synthesize or launch.preprocess before
 the format change) or a version-1 TFDS build (launch.build_tfds, builder version 1.0.0).
@@ -23,7 +23,8 @@ from typing import Any, Iterator
 import msgpack
 import numpy as np
 
-from data_pipeline import schema, shards, targets
+from data_pipeline import files
+from data_pipeline.records import schema, shards, splits
 
 _V1_ARRAYS = ("mel_windows", "landmarks", "landmark_valid", "audio", "factors")
 
@@ -135,27 +136,29 @@ def upgrade(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = Tru
             count += writer.count
     manifest = shards.write_manifest(dst)
     if tfds_splits:
-        os.makedirs(os.path.join(dst, shards.SPLITS_DIR), exist_ok=True)
+        os.makedirs(os.path.join(dst, splits.SPLITS_DIR), exist_ok=True)
         for name, keys in split_keys.items():
-            shards._write_json(os.path.join(dst, shards.SPLITS_DIR, name + ".json"), keys)
-    elif os.path.isdir(os.path.join(src, shards.SPLITS_DIR)):
-        shutil.copytree(os.path.join(src, shards.SPLITS_DIR), os.path.join(dst, shards.SPLITS_DIR),
+            files.write_json(os.path.join(dst, splits.SPLITS_DIR, name + ".json"), keys)
+    elif os.path.isdir(os.path.join(src, splits.SPLITS_DIR)):
+        shutil.copytree(os.path.join(src, splits.SPLITS_DIR), os.path.join(dst, splits.SPLITS_DIR),
                         dirs_exist_ok=True)
     for name in ("synthetic_config.json",):
         if os.path.exists(os.path.join(src, name)):
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
     converted = _copy_targets(src, dst) if kind == "shards" else []
-    splits = {}
-    for path in glob.glob(os.path.join(dst, shards.SPLITS_DIR, "*.json")):
+    counts = {}
+    for path in glob.glob(os.path.join(dst, splits.SPLITS_DIR, "*.json")):
         with open(path) as f:
-            splits[os.path.basename(path)[:-5]] = len(json.load(f))
-    return {"clips": manifest["num_clips"], "shards": len(manifest["shards"]), "splits": splits,
+            counts[os.path.basename(path)[:-5]] = len(json.load(f))
+    return {"clips": manifest["num_clips"], "shards": len(manifest["shards"]), "splits": counts,
             "targets": converted}
 
 
 def _copy_targets(src: str, dst: str) -> list[str]:
     """Copies each complete stage-4 targets directory of `src` that matches its manifest,
     renewing the manifest hash (the clips keep their order, so the rows stay valid)."""
+    from data_pipeline.loaders import targets  # the stage-4 targets' layout
+
     root = os.path.join(src, targets.TARGETS_DIR)
     if not os.path.isdir(root):
         return []
@@ -173,6 +176,6 @@ def _copy_targets(src: str, dst: str) -> list[str]:
         out = targets.targets_dir(dst, name)
         shutil.copytree(os.path.join(root, name), out, dirs_exist_ok=True)
         info["manifest_sha256"] = targets.manifest_sha256(dst)
-        targets._write_info(out, info)
+        files.write_json(os.path.join(out, targets.INFO), info)
         copied.append(name)
     return copied

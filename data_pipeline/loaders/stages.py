@@ -5,7 +5,7 @@ A sampler maps (epoch, clip) to a dict of numpy arrays, images uint8 (H, W, 3) a
 configured size. Its randomness is `np.random.default_rng([seed, stage, epoch, global
 clip index])`, so a sample does not depend on worker count or iteration order. Frames
 are chosen from the index (a clip's length and landmark validity) and only those frame
-records are read (shards.ClipSource.read_frames).
+records are read (source.ClipSource.read_frames).
 
 Landmarks place mouths only where they were detected: the mouth-swap frames of stage 2
 and the T frames of stage 4 have `landmark_valid` set (clips without such frames are
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data_pipeline import mouth_swap, schema, targets
+from data_pipeline.loaders import images, mouth_swap, targets
+from data_pipeline.records import schema
 
 # The image keys of each stage's samples (uint8 until the batch is converted).
 IMAGE_KEYS = {
@@ -78,7 +79,7 @@ def skip_kind(error: schema.DataError) -> str:
     """The counter a skipped clip goes to."""
     if isinstance(error, targets.TargetsError):
         return "no_targets"
-    from data_pipeline import shards
+    from data_pipeline.records import shards
 
     if isinstance(error, shards.FrameError):
         return "corrupt_frame"
@@ -134,16 +135,16 @@ class Sampler:
     # --- helpers ---------------------------------------------------------------------
 
     def _read(self, i: int, frames) -> tuple[dict, float]:
-        """Frames `frames` of clip i (shards.ClipSource.read_frames, images at their stored
+        """Frames `frames` of clip i (source.ClipSource.read_frames, images at their stored
         size) and the scale factor to the output size (for landmarks)."""
         data = self.store.read_frames(i, frames)
         return data, self.size / data["frames"].shape[1]
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
-        return targets.resize_frames(img[None], self.size)[0]
+        return images.resize_frames(img[None], self.size)[0]
 
     def _frames(self, i: int, frames) -> np.ndarray:
-        return targets.resize_frames(self.store.read_frames(i, frames)["frames"], self.size)
+        return images.resize_frames(self.store.read_frames(i, frames)["frames"], self.size)
 
     @staticmethod
     def _two(rng, n: int) -> np.ndarray:
@@ -228,7 +229,7 @@ class Sampler:
             raise schema.DataError(f"landmarks of frames {start}..{start + self.t - 1} are not finite")
         boxes = np.stack([square_mouth_box(lm * scale, self.mouth_margin, self.size)
                           for lm in rec["landmarks"][1:]])
-        frames = targets.resize_frames(rec["frames"], self.size)
+        frames = images.resize_frames(rec["frames"], self.size)
         return {"frames": frames[1:], "mel": rec["mel_windows"][1:], "identity": frames[0],
                 "mouth_boxes": boxes, "lip_targets": lip[span], "pose_targets": pose[span],
                 "identity_lip": lip[ident]}

@@ -144,7 +144,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @dataclasses.dataclass
 class Tube:
     """One face tracked over keyframes: hits[k] = detection box at output frame k;
-    descriptors[k] = its face descriptor at some of them (data_pipeline.identity)."""
+    descriptors[k] = its face descriptor at some of them (data_pipeline.preprocess.identity)."""
 
     first_box: np.ndarray
     hits: Dict[int, np.ndarray]

@@ -42,7 +42,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from data_pipeline import faces
+from data_pipeline.preprocess import faces
 
 DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 THRESHOLD = 0.5  # descriptor distance above which two faces are different people (docstring)

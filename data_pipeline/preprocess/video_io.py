@@ -41,7 +41,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import av
 import numpy as np
 
-from data_pipeline.schema import FPS
+from data_pipeline.records.schema import FPS
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".flv")
 
