@@ -194,12 +194,16 @@ def main(argv=None) -> None:
     parser.add_argument("--window_batches", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--doc", default=None, help="markdown file whose loader table to replace")
+    parser.add_argument("--caller_malloc", action="store_true",
+                        help="call loaders.tune_malloc() in this process (make_loader never does)")
     args = parser.parse_args(argv)
     flags.FLAGS.mark_as_parsed()
 
     from data_pipeline import loaders
 
     shards_dir, name = _dataset(args)
+    if args.caller_malloc:
+        loaders.tune_malloc()
     load0 = os.getloadavg()[0]
     configs = [(int(s), d, int(w)) for s in args.stages.split(",")
                for d in args.dtypes.split(",") for w in args.workers.split(",")]

@@ -9,8 +9,9 @@ share (images) and the grain pipeline (pipeline), whose names are here:
 from data_pipeline.loaders.images import to_float
 from data_pipeline.loaders.pipeline import (EpochOrder, LoaderConfig, LoaderError, LoaderIterator,
                                             fingerprint, make_loader, stage1_loader, stage2_loader,
-                                            stage3_loader, stage4_loader, to_global_arrays)
+                                            stage3_loader, stage4_loader, to_global_arrays,
+                                            tune_malloc)
 
 __all__ = ["EpochOrder", "LoaderConfig", "LoaderError", "LoaderIterator", "fingerprint", "make_loader",
            "stage1_loader", "stage2_loader", "stage3_loader", "stage4_loader", "to_float",
-           "to_global_arrays"]
+           "to_global_arrays", "tune_malloc"]

@@ -88,7 +88,7 @@ class LoaderConfig:
     datasets: tuple[str, ...] | None = None  # only clips of these meta "dataset" values
     shard_index: int | None = None  # default jax.process_index()
     shard_count: int | None = None  # default jax.process_count()
-    tune_malloc: bool = True  # glibc memory reuse in worker processes (_tune_malloc)
+    tune_malloc: bool = True  # glibc memory reuse in worker processes (tune_malloc)
     max_skip_fraction: float = 0.01  # stop when skips > SKIP_ALLOWANCE + this * clips drawn
 
 
@@ -124,8 +124,10 @@ class _Collate:
         return batch
 
 
-def _tune_malloc() -> None:
-    """glibc keeps freed memory for reuse (allocations below 256 MB from the heap, trimmed
+def tune_malloc() -> None:
+    """Process-wide (so never called by make_loader in the caller's process: call it
+    yourself where float32 batches are converted with workers, see docs/benchmarks.md).
+    glibc keeps freed memory for reuse (allocations below 256 MB from the heap, trimmed
     only above 256 MB) instead of returning every multi-MB record and batch buffer to the
     OS: re-faulting those pages dominated the loader's time in a sandboxed VM (a 3 MB
     record read took 5-8 ms instead of ~1 ms)."""
@@ -141,13 +143,13 @@ def _tune_malloc() -> None:
 def _init_worker(malloc: bool, *worker_index_and_count: int) -> None:
     """In each grain worker process (never in the caller's process, whose settings are its
     own): one OpenCV thread (processes are the parallelism) and, with `malloc`,
-    `_tune_malloc`."""
+    `tune_malloc`."""
     import cv2
 
     del worker_index_and_count  # grain passes (worker index, worker count)
     cv2.setNumThreads(1)
     if malloc:
-        _tune_malloc()
+        tune_malloc()
 
 
 class LoaderIterator(grain.DatasetIterator):
