@@ -5,7 +5,7 @@
 OLD_DIR: a shard directory written before the format change (launch.synthesize,
 launch.preprocess's shards/) or a TFDS build of builder version 1.0.0. NEW_DIR receives
 a shard directory with the same clips, splits and stage-4 targets
-(data_pipeline/upgrade.py). Rerunning after an interruption keeps converted shards.
+(data_pipeline/records/upgrade.py). Rerunning after an interruption keeps converted shards.
 """
 
 import argparse

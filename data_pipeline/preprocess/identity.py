@@ -18,7 +18,7 @@ with), and:
     (never described: unknown person; none when bisection found the cut) are dropped;
   - `people` groups a video's kept tracks into persons (mean descriptors within
     `threshold`), the person with the most frames first; `speaker_label` names them;
-  - `speaker_conflicts` (also `python -m data_pipeline.identity DIR/report.json`) checks
+  - `speaker_conflicts` (also `python -m data_pipeline.preprocess.identity DIR/report.json`) checks
     labels across videos from the persons' mean descriptors in a preprocessing report.
 
 Distances are Euclidean between descriptors. dlib documents 0.6 as its same-person
@@ -235,7 +235,7 @@ def speaker_conflicts(statuses: Mapping[str, dict], threshold: float = THRESHOLD
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    """python -m data_pipeline.identity DIR/report.json: prints speaker_conflicts as JSON."""
+    """python -m data_pipeline.preprocess.identity DIR/report.json: prints speaker_conflicts as JSON."""
     import argparse
     import json
 

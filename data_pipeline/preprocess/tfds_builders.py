@@ -105,8 +105,8 @@ class _ClipsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description="EDTalk clip records: 25 fps square face crops (JPEG), mel windows, "
-                        "68-point landmarks, 16 kHz int16 audio; see data_pipeline/schema.py "
-                        "and data_pipeline/shards.py (format version 2).",
+                        "68-point landmarks, 16 kHz int16 audio; see data_pipeline/records/schema.py "
+                        "and data_pipeline/records/shards.py (format version 2).",
             features=tfds.features.FeaturesDict({
                 "record": tfds.features.Scalar(dtype=np.object_, doc="one record (shards.py)"),
                 "clip": tfds.features.Text(doc="clip key <dataset>/<clip_id>"),
