@@ -12,7 +12,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 import data_pipeline
 from data_pipeline import loaders, synthetic
 from data_pipeline.loaders import targets
-from data_pipeline.records import shards, source
+from data_pipeline.records import shards, source, upgrade
 from launch import upgrade_shards
 
 _ARRAYS = ("mel_windows", "landmarks", "landmark_valid", "audio", "factors")
@@ -120,3 +120,33 @@ def test_version_1_tfds_build(tmp_path):
         assert len(store) == n
         for i in range(n):
             _same(store.record(i), clips[shards.clip_key(store.meta(i))])
+
+
+def test_hdtf_video_ids_become_persons_and_splits_hold_persons_out(tmp_path):
+    """Format-1 HDTF data named speakers by video id; the conversion names the person and
+    writes the splits again, so no person is on both sides."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    ids = ["WDA_BarackObama_000", "WDA_BarackObama_001", "WRA_KristiNoem0_000",
+           "WRA_KristiNoem2_001", "RD_Radio34_003", "WDA_JoeNeguse_000", "WDA_JoeNeguse_001"]
+    base = _clips(1)[0]
+    path = old / "hdtf.array_record"
+    path.parent.mkdir(parents=True)
+    writer = ArrayRecordWriter(str(path), "group_size:1,uncompressed")
+    for vid in ids:
+        meta = dict(base["meta"], dataset="hdtf", speaker=vid, clip_id=f"{vid}#000", emotion="", level=0)
+        writer.write(_v1_record(dict(base, meta=meta)))
+    writer.close()
+    (old / "splits").mkdir()  # the old rule: video ids hashed, one person on both sides
+    (old / "splits" / "train.json").write_text(json.dumps([f"hdtf/{v}#000" for v in ids[::2]]))
+    (old / "splits" / "test.json").write_text(json.dumps([f"hdtf/{v}#000" for v in ids[1::2]]))
+    result = upgrade.upgrade(old, new, progress=False)
+    assert result["hdtf_speakers_relabelled"] == 7
+    store = source.ClipStore(new)
+    assert sorted({store.meta(i)["speaker"] for i in range(len(store))}) == [
+        "RD_Radio34", "WDA_BarackObama", "WDA_JoeNeguse", "WRA_KristiNoem"]
+    side = {}
+    for split in ("train", "test"):
+        test_store = source.ClipStore(new, split)
+        for i in range(len(test_store)):
+            side.setdefault(test_store.meta(i)["speaker"], set()).add(split)
+    assert len(side) == 4 and all(len(v) == 1 for v in side.values())

@@ -8,6 +8,12 @@ same shard paths (a TFDS split becomes `<split>.array_record`), the splits (the 
 split files, or the TFDS splits), `synthetic_config.json` when present, and stage-4
 targets (rows follow the clips, which keep their order, so only their manifest hash is
 renewed). Shards already converted are kept, so an interrupted run resumes.
+
+HDTF speakers become persons on the way (format-1 data named them by video id:
+WDA_BarackObama_000 and _001 were two speakers; preprocess.datasets.hdtf_person). Data holding
+HDTF clips gets its splits written again with the default rules (records.splits.
+write_splits, by person), since splits by video id put one person on both sides; rerun
+`python -m data_pipeline.shards NEW_DIR [split flags]` for other rules.
 """
 
 from __future__ import annotations
@@ -91,6 +97,14 @@ def _v1_tfds(src: str) -> tuple[list[tuple[str, Iterator[dict]]], list[str]]:
     return parts, sorted(builder.info.splits)
 
 
+def hdtf_person_meta(meta: dict) -> dict:
+    """The meta with an HDTF video-id speaker replaced by its person (unchanged otherwise)."""
+    from data_pipeline.preprocess import datasets  # the one rule that names HDTF persons
+
+    person = datasets.hdtf_person(meta["speaker"]) if meta["dataset"] == "hdtf" else None
+    return dict(meta, speaker=person) if person and person != meta["speaker"] else meta
+
+
 def _source_kind(src: str) -> str:
     if os.path.exists(os.path.join(src, "dataset_info.json")):
         return "tfds"
@@ -107,7 +121,7 @@ def _source_kind(src: str) -> str:
 
 def upgrade(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = True) -> dict:
     """Converts `src` (module docstring) into the shard directory `dst`; returns
-    {"clips", "shards", "splits": {name: count}, "targets": [names]}."""
+    {"clips", "shards", "splits": {name: count}, "hdtf_speakers_relabelled", "targets": [names]}."""
     from tqdm import tqdm
 
     src, dst = os.path.abspath(os.fspath(src)), os.path.abspath(os.fspath(dst))
@@ -120,7 +134,7 @@ def upgrade(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = Tru
         parts, tfds_splits = list(_v1_shard_dir(src)), []
     os.makedirs(dst, exist_ok=True)
     split_keys: dict[str, list[str]] = {name: [] for name in tfds_splits}
-    count = 0
+    count = relabelled = 0
     with tqdm(unit="clip", disable=not progress) as bar:
         for rel, clips in parts:
             out = os.path.join(dst, rel)
@@ -129,13 +143,17 @@ def upgrade(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = Tru
                 continue
             with shards.ShardWriter(out) as writer:
                 for clip in clips:
-                    writer.write(clip)
+                    meta = hdtf_person_meta(clip["meta"])
+                    relabelled += meta is not clip["meta"]
+                    writer.write(dict(clip, meta=meta))
                     if tfds_splits:
                         split_keys[rel[: -len(shards.SHARD_SUFFIX)]].append(shards.clip_key(clip["meta"]))
                     bar.update()
             count += writer.count
     manifest = shards.write_manifest(dst)
-    if tfds_splits:
+    if any(c["dataset"] == "hdtf" for c in manifest["clips"]):
+        splits.write_splits(dst)  # by person: format-1 HDTF splits were by video id
+    elif tfds_splits:
         os.makedirs(os.path.join(dst, splits.SPLITS_DIR), exist_ok=True)
         for name, keys in split_keys.items():
             files.write_json(os.path.join(dst, splits.SPLITS_DIR, name + ".json"), keys)
@@ -151,6 +169,7 @@ def upgrade(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = Tru
         with open(path) as f:
             counts[os.path.basename(path)[:-5]] = len(json.load(f))
     return {"clips": manifest["num_clips"], "shards": len(manifest["shards"]), "splits": counts,
+            "hdtf_speakers_relabelled": relabelled,
             "targets": converted}
 
 
