@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from data_pipeline.loaders import images, mouth_swap, targets
-from data_pipeline.records import schema
+from data_pipeline.records import schema, shards
 
 # The image keys of each stage's samples (uint8 until the batch is converted).
 IMAGE_KEYS = {
@@ -79,8 +79,6 @@ def skip_kind(error: schema.DataError) -> str:
     """The counter a skipped clip goes to."""
     if isinstance(error, targets.TargetsError):
         return "no_targets"
-    from data_pipeline.records import shards
-
     if isinstance(error, shards.FrameError):
         return "corrupt_frame"
     if isinstance(error, shards.ShardError):

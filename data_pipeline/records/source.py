@@ -5,6 +5,7 @@ records.directory opens whatever directory a user holds.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import threading
@@ -16,7 +17,7 @@ from data_pipeline.records import schema, shards
 from data_pipeline.records.splits import SPLITS_DIR
 
 
-class ClipSource:
+class ClipSource(abc.ABC):
     """Random access to clips by index 0..len-1, the interface every loader reads.
 
     Metadata (`meta`, `landmark_valid`, `indices_by`) comes from an index held in memory
@@ -33,9 +34,9 @@ class ClipSource:
     _global: np.ndarray
     bytes_read: int = 0
 
+    @abc.abstractmethod
     def _records(self, i: int, positions: Sequence[int]) -> tuple[list[bytes], list[str]]:
         """(record bytes of frames `positions` of clip i, a name for each in errors)."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -49,7 +49,6 @@ class TfdsClips(source.ClipSource):
 
     def _records(self, i: int, positions: Sequence[int]) -> Tuple[List[bytes], List[str]]:
         entry = self._entries[i]
-        clip = shards.clip_key(entry)
         at = [entry["record"] + 1 + k for k in positions]
         where = [f"{self.builder_dir}[{self.split}][{a}]" for a in at]
         examples = [self.source[a] for a in at]

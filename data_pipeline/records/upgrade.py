@@ -134,7 +134,7 @@ def upgrade(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = Tru
         parts, tfds_splits = list(_v1_shard_dir(src)), []
     os.makedirs(dst, exist_ok=True)
     split_keys: dict[str, list[str]] = {name: [] for name in tfds_splits}
-    count = relabelled = 0
+    relabelled = 0
     with tqdm(unit="clip", disable=not progress) as bar:
         for rel, clips in parts:
             out = os.path.join(dst, rel)
@@ -149,7 +149,6 @@ def upgrade(src: str | os.PathLike, dst: str | os.PathLike, progress: bool = Tru
                     if tfds_splits:
                         split_keys[rel[: -len(shards.SHARD_SUFFIX)]].append(shards.clip_key(clip["meta"]))
                     bar.update()
-            count += writer.count
     manifest = shards.write_manifest(dst)
     if any(c["dataset"] == "hdtf" for c in manifest["clips"]):
         splits.write_splits(dst)  # by person: format-1 HDTF splits were by video id
