@@ -63,6 +63,7 @@ def data_config() -> config_dict.ConfigDict:
     # The synthetic dataset built when shards_dir is "" (data_pipeline.synthetic).
     c.synthetic = config_dict.ConfigDict(dict(
         speakers=8, clips_per_speaker=4, frames_per_clip=125, seed=0,
+        mouth_scale=1.0,  # x the speakers' maximum lip opening (SyntheticConfig.mouth_scale)
         render_workers=2,  # processes rendering it (once, before training)
     ))
     return c

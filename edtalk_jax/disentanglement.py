@@ -12,6 +12,12 @@ carry, does not count; neither does what a clip holds constant.
 `matrix[factor][space]`: the diagonal (mouth-lip, pose-pose, expression-exp) should be
 high and the rest low. A group without varying factors, or a space the model lacks,
 scores None.
+
+`audio_mouth`: the same probe for Audio2Lip. Fitted from the generator's own lip
+coefficients (its stage-4 targets) to the mouth factors on the training clips, it reads
+the mouth from lip coefficients predicted from the audio of the held-out clips. Copying
+the source's coefficients scores 0 (constant within a clip); the generator's coefficients
+of the held-out frames themselves (what driving by video gives) are the comparison.
 """
 
 from __future__ import annotations
@@ -52,23 +58,10 @@ def score_matrix(clips: Sequence[Mapping[str, Any]], factor_names: Sequence[str]
                  ridge: float = RIDGE) -> Dict[str, Dict[str, Optional[float]]]:
     """clips: {"test": bool, "coeffs": {space: (T, K)}, "factors": (T, F)} each, with
     both splits present -> {group: {space: R² or None}}."""
-    split = {s: [c for c in clips if bool(c["test"]) == s] for s in (False, True)}
-    if not split[False] or not split[True]:
-        raise ValueError(f"disentanglement: need training and held-out clips, got "
-                         f"{len(split[False])} and {len(split[True])}")
-    centred = lambda x: x - x.mean(0, keepdims=True)
-
-    def stack(s: bool, get) -> np.ndarray:
-        return np.concatenate([centred(np.asarray(get(c), np.float64)) for c in split[s]])
-
-    names = list(factor_names)
+    stack = _stacker(clips, "disentanglement")
     out: Dict[str, Dict[str, Optional[float]]] = {}
-    for group, members in FACTOR_GROUPS.items():
-        cols = [names.index(n) for n in members if n in names]
-        f_train = stack(False, lambda c: np.asarray(c["factors"])[:, cols]) if cols else None
-        if cols:
-            sd = f_train.std(0)
-            cols = [k for k, s in zip(cols, sd) if s > 1e-6]  # factors that vary within clips
+    for group in FACTOR_GROUPS:
+        cols = _varying(group, factor_names, stack(False, lambda c: np.asarray(c["factors"])))
         out[group] = {}
         for space in SPACES:
             if not cols or any(space not in c["coeffs"] for c in clips):
@@ -80,6 +73,43 @@ def score_matrix(clips: Sequence[Mapping[str, Any]], factor_names: Sequence[str]
             out[group][space] = probe_r2(stack(False, lambda c: c["coeffs"][space]), f_train / scale,
                                          stack(True, lambda c: c["coeffs"][space]), f_test / scale, ridge)
     return out
+
+
+def _stacker(clips: Sequence[Mapping[str, Any]], what: str):
+    """stack(test: bool, get) -> get(clip) of the split's clips, each centred, stacked."""
+    split = {s: [c for c in clips if bool(c["test"]) == s] for s in (False, True)}
+    if not split[False] or not split[True]:
+        raise ValueError(f"{what}: need training and held-out clips, got "
+                         f"{len(split[False])} and {len(split[True])}")
+
+    def stack(s: bool, get) -> np.ndarray:
+        return np.concatenate([(lambda x: x - x.mean(0, keepdims=True))(np.asarray(get(c), np.float64))
+                               for c in split[s]])
+    return stack
+
+
+def _varying(group: str, factor_names: Sequence[str], factors_train: np.ndarray) -> list:
+    """Columns of `group`'s factors that vary within the (clip-centred) training clips."""
+    names = list(factor_names)
+    cols = [names.index(n) for n in FACTOR_GROUPS[group] if n in names]
+    return [k for k in cols if factors_train[:, k].std() > 1e-6]
+
+
+def audio_mouth(clips: Sequence[Mapping[str, Any]], factor_names: Sequence[str],
+                ridge: float = RIDGE) -> Dict[str, Optional[float]]:
+    """clips: {"test": bool, "lip": (T, K) the generator's lip coefficients, "audio_lip":
+    (T, K) Audio2Lip's (held-out clips only), "factors": (T, F)} -> {"audio": R² of the
+    mouth factors read from the audio's lips, "video": from the generator's own, "copy": 0.0}
+    on the held-out clips (module docstring); None without varying mouth factors."""
+    stack = _stacker(clips, "audio_mouth")
+    cols = _varying("mouth", factor_names, stack(False, lambda c: c["factors"]))
+    if not cols:
+        return {"audio": None, "video": None, "copy": None}
+    f_train, f_test = (stack(s, lambda c: np.asarray(c["factors"])[:, cols]) for s in (False, True))
+    scale = f_train.std(0)
+    x_train = stack(False, lambda c: c["lip"])
+    return {space: probe_r2(x_train, f_train / scale, stack(True, lambda c: c[key]), f_test / scale, ridge)
+            for space, key in (("audio", "audio_lip"), ("video", "lip"))} | {"copy": 0.0}
 
 
 def collect(coeff_fn, data_dir: str, test_keys: Iterable[str], size: int) -> tuple[list, list]:
@@ -125,6 +155,52 @@ def evaluate(model, variables, data_dir: str, size: int, batch_size: int = 64) -
     fn = inference.coefficient_fn(model, variables, parts=parts, batch_size=batch_size)
     clips, names = collect(fn, data_dir, test_keys, size)
     return {"matrix": score_matrix(clips, names),
+            "clips": {"train": sum(not c["test"] for c in clips), "test": sum(c["test"] for c in clips)}}
+
+
+def evaluate_audio(audio2lip, variables, data_dir: str, targets: str = "lip_pose",
+                   batch_size: int = 256) -> Dict[str, Any]:
+    """{"mouth_r2": audio_mouth(...), "clips": {"train", "test"}, "skipped"} of an Audio2Lip
+    on a shard directory with a held-out split and the generator's stored stage-4 targets
+    `targets` (data_pipeline.loaders.targets). Clips without targets are counted as skipped."""
+    import json
+    import os
+
+    import jax
+
+    from data_pipeline.loaders import targets as targets_lib
+    from data_pipeline.records import shards, source
+
+    store = source.ClipStore(data_dir)
+    lips = targets_lib.load_targets(data_dir, targets)
+    with open(os.path.join(data_dir, "splits", "test.json")) as f:
+        test_keys = set(json.load(f))
+    predict = jax.jit(lambda v, mel: audio2lip.apply(v, mel))
+    clips, names, skipped = [], None, 0
+    for g in range(len(store)):
+        meta = store.meta(g)
+        clip_names = [n for n in meta.get("factor_names", "").split(",") if n]
+        if not clip_names:
+            continue
+        names = names or clip_names
+        if clip_names != names:
+            raise ValueError(f"{data_dir}: clip {shards.clip_key(meta)} has factors {clip_names}, "
+                             f"others {names}")
+        try:
+            lip = lips.get(g)[0]
+        except targets_lib.TargetsError:
+            skipped += 1
+            continue
+        data = store.read_frames(g, range(store.num_frames(g)), decode=False)
+        clip = {"test": shards.clip_key(meta) in test_keys, "lip": lip, "factors": data["factors"]}
+        if clip["test"]:
+            mel = np.asarray(data["mel_windows"], np.float32)
+            clip["audio_lip"] = np.concatenate([np.asarray(predict(variables, mel[k:k + batch_size]))
+                                                for k in range(0, len(mel), batch_size)])
+        clips.append(clip)
+    if names is None:
+        raise ValueError(f"{data_dir}: no clip has ground-truth factors (synthetic data has them)")
+    return {"mouth_r2": audio_mouth(clips, names), "skipped": skipped,
             "clips": {"train": sum(not c["test"] for c in clips), "test": sum(c["test"] for c in clips)}}
 
 

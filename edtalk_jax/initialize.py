@@ -174,6 +174,11 @@ def init_variables(models: Models, config, model_cfg, rng) -> Tuple[Dict[str, An
     if models.audio2lip is not None:
         a2l = models.audio2lip.init(k_a2l, jnp.zeros((1, 80, 16)))
         params["audio2lip"] = a2l["params"]
+        if config.audio2lip.target == "offset":
+            # A fresh offset model starts as copy-the-identity (offset 0) and learns from
+            # there; random offsets start far worse than the baseline it has to beat.
+            mapping = params["audio2lip"]["mapping"]
+            params["audio2lip"] = dict(params["audio2lip"], mapping=jax.tree.map(jnp.zeros_like, mapping))
         model_state["audio2lip"] = {k: v for k, v in a2l.items() if k != "params"}
     return params, model_state
 

@@ -47,7 +47,8 @@ def prepare_data(config, workdir: str, size: int, progress: bool = True) -> str:
         syn = config.data.synthetic
         if _is_main():
             scfg = synthetic.SyntheticConfig(num_speakers=syn.speakers, clips_per_speaker=syn.clips_per_speaker,
-                                             frames_per_clip=syn.frames_per_clip, size=size, seed=syn.seed)
+                                             frames_per_clip=syn.frames_per_clip, size=size, seed=syn.seed,
+                                             mouth_scale=syn.mouth_scale)
             synthetic.write_dataset(scfg, data_dir, workers=syn.render_workers, progress=progress)
         _sync("synthetic data")
     return data_dir

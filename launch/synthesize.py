@@ -24,11 +24,13 @@ def main(argv=None) -> None:
     parser.add_argument("--jpeg_quality", type=int, default=schema.JPEG_QUALITY)
     parser.add_argument("--emotions", default=",".join(schema.EMOTIONS),
                         help="comma-separated subset of " + ",".join(schema.EMOTIONS))
+    parser.add_argument("--mouth-scale", "--mouth_scale", type=float, default=1.0,
+                        help="multiplies every speaker's maximum lip opening (small frames: 2.5)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     args = parser.parse_args(argv)
     cfg = synthetic.SyntheticConfig(
         num_speakers=args.speakers, clips_per_speaker=args.clips, frames_per_clip=args.frames,
-        size=args.size, jpeg_quality=args.jpeg_quality, seed=args.seed,
+        size=args.size, jpeg_quality=args.jpeg_quality, seed=args.seed, mouth_scale=args.mouth_scale,
         emotions=tuple(e for e in args.emotions.split(",") if e))
     summary = synthetic.write_dataset(cfg, args.out, workers=args.workers)
     print(json.dumps(summary, indent=1))

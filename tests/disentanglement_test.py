@@ -53,6 +53,32 @@ def test_missing_space_or_split_is_named():
         D.score_matrix([c for c in clips if not c["test"]], NAMES)
 
 
+def test_audio_mouth_reads_the_mouth_from_audio_driven_lips():
+    """The probe fitted on the generator's lip coefficients reads the mouth from audio lips
+    that follow it (here the noise-free mouth part of the video lips: better than video),
+    and not from audio lips that follow something else or nothing."""
+    clips = []
+    for c in _clips():
+        lip = c["coeffs"]["lip"]
+        clip = {"test": c["test"], "lip": lip + 0.5 * np.random.RandomState(7).randn(*lip.shape),
+                "factors": c["factors"]}
+        if c["test"]:
+            clip["audio_lip"] = lip
+        clips.append(clip)
+    r = D.audio_mouth(clips, NAMES)
+    assert r["copy"] == 0.0 and r["audio"] > r["video"] > 0.5, r
+    for c in clips:
+        if c["test"]:  # lips that follow the pose factors, then a constant (copy the source)
+            c["audio_lip"] = c["factors"][:, :5]
+    assert D.audio_mouth(clips, NAMES)["audio"] < 0.05
+    for c in clips:
+        if c["test"]:
+            c["audio_lip"] = np.ones_like(c["lip"])
+    assert D.audio_mouth(clips, NAMES)["audio"] == 0.0
+    with pytest.raises(ValueError, match="audio_mouth: need training and held-out"):
+        D.audio_mouth([c for c in clips if c["test"]], NAMES)
+
+
 def test_evaluate_scores_a_generator_on_synthetic_shards(tmp_path):
     import jax
 

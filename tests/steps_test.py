@@ -233,13 +233,13 @@ def test_stage4_coefficient_and_smoothness_losses_match_numpy():
     ctx = _ctx(weights=weights, models={"gen": None, "audio2lip": a2l}, config=config)
     batch = _stage4_batch()
     out = stage4.compute_losses(ctx, params, {"audio2lip": {}}, {k: jnp.asarray(v) for k, v in batch.items()},
-                                {}, train=False)
+                                {}, train=True)
     lips = scale * batch["mel"][..., :3, 0].astype(np.float64)
     tgt = batch["lip_targets"].astype(np.float64)
     np.testing.assert_allclose(out.losses["coeff"], np.mean((lips - tgt) ** 2, axis=(1, 2)), rtol=1e-5)
     d = np.diff(lips, axis=1) - np.diff(tgt, axis=1)
     np.testing.assert_allclose(out.losses["smooth"], np.mean(d ** 2, axis=(1, 2)), rtol=1e-5)
-    assert set(out.losses) == {"coeff", "smooth"} and out.recon is None  # nothing rendered
+    assert set(out.losses) == {"coeff", "smooth"} and out.recon is None  # training renders nothing
     np.testing.assert_allclose(out.scalars["stage4/lip_mse"], np.mean((lips - tgt) ** 2), rtol=1e-5)
     base = np.mean((tgt - tgt.mean(axis=(0, 1), keepdims=True)) ** 2)  # no lip_mean: the batch's
     np.testing.assert_allclose(out.scalars["stage4/mean_baseline_mse"], base, rtol=1e-5)
@@ -249,7 +249,7 @@ def test_stage4_coefficient_and_smoothness_losses_match_numpy():
     np.testing.assert_allclose(out.scalars["stage4/still_baseline_mse"], np.mean(motion(tgt) ** 2), rtol=1e-5)
     lip_mean = np.float32([0.3, -0.2, 0.1])  # the trainer's: the training split's mean target
     out2 = stage4.compute_losses(ctx, params, {"audio2lip": {}}, {k: jnp.asarray(v) for k, v in batch.items()},
-                                 {"lip_mean": jnp.asarray(lip_mean)}, train=False)
+                                 {"lip_mean": jnp.asarray(lip_mean)}, train=True)
     np.testing.assert_allclose(out2.scalars["stage4/mean_baseline_mse"], np.mean((tgt - lip_mean) ** 2), rtol=1e-5)
     ident = batch["identity_lip"].astype(np.float64)[:, None]
     np.testing.assert_allclose(out.scalars["stage4/identity_baseline_mse"], np.mean((tgt - ident) ** 2), rtol=1e-5)
@@ -257,7 +257,7 @@ def test_stage4_coefficient_and_smoothness_losses_match_numpy():
     # target="offset": the prediction is the identity frame's coefficients plus the output
     config.audio2lip.target = "offset"
     out3 = stage4.compute_losses(ctx, params, {"audio2lip": {}}, {k: jnp.asarray(v) for k, v in batch.items()},
-                                 {}, train=False)
+                                 {}, train=True)
     np.testing.assert_allclose(out3.losses["coeff"], np.mean((ident + lips - tgt) ** 2, axis=(1, 2)), rtol=1e-5)
     np.testing.assert_allclose(out3.losses["smooth"], out.losses["smooth"], rtol=1e-5)  # a constant shift
 

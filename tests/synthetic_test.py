@@ -1,5 +1,6 @@
 """Synthetic talking heads: determinism, schema, drawn landmarks, audio -> mouth, factors."""
 
+import dataclasses
 import json
 import os
 
@@ -206,6 +207,13 @@ def test_speech_and_eye_factors_alone():
     unit = synthetic.FACE_PX * 128  # pixels per face unit at scale 1
     assert gap[0] < 0.5 and abs(gap[1] - ident["max_open"] * unit) < 0.5  # lips part by max_open
     assert lmk[1, 8, 1] > lmk[0, 8, 1] + 2  # the chin drops
+    big = synthetic.SyntheticConfig(size=128, mouth_scale=2.5)  # only the opening changes
+    big_ident = synthetic.identity(big, 0)
+    for key, value in dict(ident, max_open=2.5 * ident["max_open"]).items():
+        np.testing.assert_allclose(big_ident[key], value, err_msg=key)
+    big_lmk = synthetic.draw_frames(big, 0, _neutral(2, mouth_open=[0, 1]))[1].astype(np.float64)
+    big_gap = np.linalg.norm(big_lmk[:, 66] - big_lmk[:, 62], axis=1)
+    assert big_gap[0] < 0.5 and abs(big_gap[1] - 2.5 * ident["max_open"] * unit) < 0.5
     lmk = synthetic.draw_frames(cfg, 0, _neutral(2, mouth_open=0.5, lip_round=[0, 0.8]))[1]
     width = np.linalg.norm(lmk[:, 54] - lmk[:, 48], axis=1)
     assert width[1] < 0.85 * width[0]  # rounded lips are narrower
@@ -242,6 +250,13 @@ def test_write_dataset_and_resume(tmp_path, monkeypatch):
     assert (summary["clips_written"], summary["clips_skipped"], summary["num_clips"]) == (2, 2, 4)
     with pytest.raises(ValueError, match="other settings.*synthetic_config.json"):
         synthetic.write_dataset(synthetic.SyntheticConfig(size=96), out, workers=1, progress=False)
+    # A dataset recorded before mouth_scale existed resumes as mouth_scale 1, not as another one.
+    recorded = json.loads((out / "synthetic_config.json").read_text())
+    del recorded["mouth_scale"]
+    (out / "synthetic_config.json").write_text(json.dumps(recorded))
+    assert synthetic.write_dataset(SMALL, out, workers=1, progress=False)["clips_skipped"] == 4
+    with pytest.raises(ValueError, match=r"differ: \['mouth_scale'\]"):
+        synthetic.write_dataset(dataclasses.replace(SMALL, mouth_scale=2.0), out, workers=1, progress=False)
 
 
 def test_worker_processes_match(tmp_path):

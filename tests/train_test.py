@@ -576,9 +576,11 @@ def test_demo_curriculum_runs_every_stage_and_writes_the_report(tmp_path):
                  "baseline_lip_motion_error")
                 if name == "stage4" else ("psnr", "baseline_psnr", "orthogonality_error"))
         assert all(np.isfinite(r[k]) for k in keys), (name, r)
-        assert r["beats_baseline"] == (r["lip_error"] < min(r["baseline_lip_error"], r["baseline_identity_lip_error"])
+        assert r["beats_baseline"] == (r["lip_error"] < r["baseline_lip_error"] and r["mouth_r2"]["audio"] > 0
                                        if name == "stage4"
                                        else r["psnr"] > r["baseline_psnr"])
+    mouth = report["stages"]["stage4"]["mouth_r2"]  # the mouth read from the audio-driven lips
+    assert mouth["copy"] == 0.0 and all(0 <= mouth[k] <= 1 for k in ("audio", "video")), mouth
     assert "psnr_without_exp" in report["stages"]["stage3"] and "cross_psnr" in report["stages"]["stage2"]
     for name in ("stage1", "stage2", "stage3"):  # the probe matrix on the held-out speakers
         matrix = report["stages"][name]["disentanglement"]

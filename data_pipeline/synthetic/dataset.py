@@ -81,7 +81,8 @@ def write_dataset(cfg: factors.SyntheticConfig, out_dir: str | os.PathLike, work
     _check(cfg)
     out_dir = os.fspath(out_dir)
     os.makedirs(os.path.join(out_dir, "synthetic"), exist_ok=True)
-    files.same_config(os.path.join(out_dir, "synthetic_config.json"), dataclasses.asdict(cfg), out_dir)
+    files.same_config(os.path.join(out_dir, "synthetic_config.json"), dataclasses.asdict(cfg), out_dir,
+                      added={"mouth_scale": 1.0})
 
     def path(speaker: int) -> str:
         return os.path.join(out_dir, "synthetic", speaker_id(speaker) + shards.SHARD_SUFFIX)

@@ -52,6 +52,10 @@ class SyntheticConfig:
     jpeg_quality: int = schema.JPEG_QUALITY  # the one default (schema.py, measured)
     seed: int = 0
     emotions: tuple[str, ...] = schema.EMOTIONS  # emotions used; see clip_emotion
+    # Multiplies every speaker's maximum lip opening (`max_open`, 0.16-0.22 face units):
+    # at small frames a real-proportioned mouth opens by 1-2 px, too little for a lip
+    # space to learn in minutes (configs/demo.py draws 2.5x; docs/synthetic.md).
+    mouth_scale: float = 1.0
 
 
 def clip_emotion(cfg: SyntheticConfig, speaker: int, clip_index: int) -> tuple[str, int]:
@@ -94,7 +98,7 @@ def identity(cfg: SyntheticConfig, speaker: int) -> dict:
         "eye_h": u(0.07, 0.09), "brow_gap": u(0.17, 0.22), "brow_th": u(0.04, 0.06),
         "brow_arch": u(0.02, 0.06), "nose_y": u(0.18, 0.26), "nose_len": u(0.15, 0.25),
         "nose_w": u(0.9, 1.2), "mouth_y": u(0.48, 0.55), "mouth_w": u(0.25, 0.31),
-        "lip_up": u(0.05, 0.07), "lip_lo": u(0.07, 0.09), "max_open": u(0.16, 0.22),
+        "lip_up": u(0.05, 0.07), "lip_lo": u(0.07, 0.09), "max_open": u(0.16, 0.22) * cfg.mouth_scale,
         "f0": u(95, 230),
     }
 

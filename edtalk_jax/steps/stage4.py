@@ -11,7 +11,8 @@ Losses per example (averaged over the T frames): `coeff` MSE to the lip targets,
 `perceptual`, `gan`, `mouth_l1` (96x96 crops of the mouth boxes at 256², sg2im's
 crop_bbox_batch; common.mouth_l1) and `sync` (Wav2Lip's colour SyncNet on the lower halves of the T
 rendered face crops, only when `syncnet.path` is set). Terms with weight 0 are not
-computed; with every image term at 0 nothing is rendered.
+computed; with every image term at 0 training renders nothing (evaluation still renders,
+for its PSNR and the sample grid).
 
 The official sync loss pairs the visual window (frames r..r+4) with the mel window of
 frame r, which covers frames r-2..r+2: `syncnet.audio_window="official"` keeps that,
@@ -71,9 +72,11 @@ def compute_losses(ctx: common.Context, params, model_state, batch, consts, trai
                "stage4/still_baseline_mse": jnp.mean(jnp.square(motion(target)))}
     flat = frames.reshape((b * t,) + frames.shape[2:])
     recon = None
-    if any(ctx.weight(k) for k in ("l1", "perceptual", "gan", "mouth_l1", "sync")):
+    image_terms = any(ctx.weight(k) for k in ("l1", "perceptual", "gan", "mouth_l1", "sync"))
+    if image_terms or not train:  # evaluation renders for its PSNR and samples in any case
         recon = gen.apply({"params": params["gen"]}, batch["identity"], lips.reshape(b * t, -1),
                           batch["pose_targets"].reshape(b * t, -1).astype(jnp.float32), t, method=render)
+    if image_terms:
         losses.update({k: per_frame(v) for k, v in common.reconstruction(ctx, consts, recon, flat).items()})
         if ctx.weight("gan"):
             losses["gan"] = per_frame(common.gan_g(ctx, params["dis"], recon))
