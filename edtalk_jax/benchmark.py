@@ -155,7 +155,9 @@ def inference(mode: str, batch_sizes=(1, 4, 8), size: int = 256, width_div: int 
     kind, videos, from_audio = INFER_MODES[mode]
     cfg = {"size": size, "width_div": width_div}
     gen = build_model(kind, cfg, dtype=jnp.dtype(dtype))
-    key = jax.random.PRNGKey(seed)
+    # Random weights of any quality: XLA's RngBitGenerator compiles the initialisation in
+    # seconds where threefry takes minutes on a CPU (configs/base.py init_prng).
+    key = jax.random.key(seed, impl="rbg")
     gen_vars = jax.jit(gen.init)(key, *example_inputs(kind, cfg))
     a2l = build_model("audio2lip", {"lip_dim": gen.lip_dim}, dtype=jnp.dtype(dtype))
     a2l_vars = jax.jit(a2l.init)(key, *example_inputs("audio2lip", {}))

@@ -16,7 +16,7 @@ CFG = dict(size=32, width_div=16, style_dim=64, lip_dim=4, pose_dim=2, exp_dim=3
 def model_and_vars():
     model = build_model("generator", CFG)
     x = jnp.zeros((2, 32, 32, 3))
-    return model, jax.jit(model.init)(jax.random.PRNGKey(0), x, x)
+    return model, jax.jit(model.init)(jax.random.key(0, impl="rbg"), x, x)  # rbg: compiles in seconds
 
 
 @pytest.fixture(scope="module")
