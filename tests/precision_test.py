@@ -77,8 +77,12 @@ def test_bf16_generator_keeps_statistics_and_coordinates_in_float32():
 # Measured on seeds 0-4 (the test runs seed 0), bf16 against float32, ToFlow weights x0.1:
 # flows px per level (8, 16, 32, 64) <= (0.008, 0.021, 0.061, 0.228), masks <= 0.0032,
 # image MAE <= 0.025, alphas <= 0.016, latents <= 0.0062, motion offset <= 0.0092. Before
-# the fix (seed 0): flows (0.018, 0.038, 0.113, 0.349) px, latents 0.0102: it fails here.
-BOUNDS = dict(flows_px=(0.012, 0.032, 0.09, 0.35), masks=0.005, image_mae=0.04, alphas=0.025,
+# the fix (seed 0): flows (0.018, 0.038, 0.113, 0.349) px, latents 0.0102: it fails here
+# (level 0 and the latents). The two finest flow levels follow the rounding order of the
+# float32 reference as much as bfloat16: with the encoder's strided convs as row dots
+# (layers/equalized.strided_conv_rows, the same products in another order) seeds 0-4 give
+# (0.0049-0.0087, 0.020-0.031, 0.057-0.099, 0.17-0.39) px; their bounds allow that.
+BOUNDS = dict(flows_px=(0.012, 0.035, 0.125, 0.5), masks=0.005, image_mae=0.04, alphas=0.025,
               latent=0.009, offset=0.014)
 
 
