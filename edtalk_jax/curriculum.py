@@ -47,7 +47,8 @@ def _judge_stage4(out: Dict[str, Any], mouth_r2: Dict[str, Any]) -> None:
     the lip coefficients' motion within a clip is not the mouth (the demo, docs/training.md),
     no audio model can, and the probe is the measure of what the audio says."""
     out["mouth_r2"] = mouth_r2
-    out["beats_baseline"] = bool(out["beats_baseline"] and (mouth_r2["audio"] or 0.0) > mouth_r2["copy"])
+    audio, copy = mouth_r2["audio"], mouth_r2["copy"]  # None: no mouth factor varies
+    out["beats_baseline"] = bool(out["beats_baseline"] and audio is not None and audio > copy)
 
 
 def _disentanglement(run_, data_dir: str, stage_dir: str) -> Dict[str, Any]:

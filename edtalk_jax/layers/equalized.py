@@ -41,7 +41,8 @@ def conv2d(x, w, stride=1, padding=0, lhs_dilation=1, groups=1):
     On XLA:CPU, ungrouped convs take `_conv_cpu`, whose hand-written VJP computes the
     weight gradient as one dot per kernel tap (docs/benchmarks.md, "Convolution backward
     on XLA:CPU"): XLA's own weight-gradient convolution runs at a fifth of the forward's
-    speed there. Strided ones compute their forward as row dots (`strided_conv_rows`). Elsewhere (GPU, TPU) XLA's convolution and its autodiff are used as is.
+    speed there. Strided convs compute their forward as row dots (`strided_conv_rows`).
+    Elsewhere (GPU, TPU) XLA's convolution and its autodiff are used as is.
     `lhs_dilation` > 1 (a transposed conv written as a dilated-input conv) is left to XLA:
     use `conv_transpose2d`, which does not multiply the inserted zeros.
     """
